@@ -1,0 +1,14 @@
+"""Base class of every config section: unknown keys are errors, every field documents itself."""
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    """A config section. Field docstrings become the field descriptions (`rlpost config show --doc`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_assignment=True,
+        protected_namespaces=(),
+    )

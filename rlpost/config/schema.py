@@ -1,0 +1,254 @@
+"""The one typed schema of every rlpost setting. Each field's docstring is its documentation."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rlpost.config.base import Section
+from rlpost.config.objective import ObjectiveConfig
+from rlpost.config.sampler import SamplerConfig
+
+
+class LoraConfig(Section):
+    enabled: bool = False
+    """Train LoRA adapters (peft) instead of all weights."""
+    r: int = Field(16, ge=1)
+    """LoRA rank."""
+    alpha: float = 32.0
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """Module names that get adapters."""
+
+
+class ModelConfig(Section):
+    path: str = "smollm2-135m-instruct"
+    """Hugging Face Hub id, local folder, or a built-in alias fetched by `rlpost model fetch` (smollm2-135m-instruct)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights and compute dtype of the learner (the rollout engine has its own `rollout.dtype`)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about 40% more time."""
+    trust_remote_code: bool = False
+    """Allow model code from the Hub (off: only transformers' own architectures load)."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapters."""
+
+
+class ArithmeticConfig(Section):
+    levels: list[int] = [1]
+    """Difficulty levels of the built-in task: the number of operations in a problem (1 to 3)."""
+    train_size: int = Field(4000, ge=1)
+    """Problems in the generated train split."""
+    test_size: int = Field(500, ge=1)
+    """Problems in the generated test split."""
+    seed: int = 0
+    """Seed of the generator (the test split uses a disjoint seed stream)."""
+    max_operand: int = Field(20, ge=2)
+    """Largest number appearing in a problem."""
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_in_range(cls, levels: list[int]) -> list[int]:
+        if not levels or any(level not in (1, 2, 3) for level in levels):
+            raise ValueError("levels must be a non-empty list of values in 1, 2, 3")
+        return levels
+
+
+class DataConfig(Section):
+    train: str = "arithmetic"
+    """Training data: `arithmetic` (built-in), a .jsonl/.json/.parquet/.csv file, a saved `datasets` folder, or a Hub dataset id."""
+    test: str | None = "arithmetic"
+    """Held-out data for evaluation (same forms as `train`); null disables evaluation."""
+    split: str = "train"
+    """Split name when `train` is a Hub id or a DatasetDict folder."""
+    test_split: str = "test"
+    """Split name when `test` is a Hub id or a DatasetDict folder."""
+    question_field: str = "question"
+    """Row field holding the problem text."""
+    answer_field: str = "answer"
+    """Row field holding the gold final answer."""
+    solution_field: str | None = "solution"
+    """Row field holding a worked solution (SFT demonstrations); null if the data has none."""
+    system_prompt: str | None = None
+    """System message put before every question (null: none)."""
+    prompt_template: str = "{question}\nPut your final answer within \\boxed{{}}."
+    """User message; `{question}` is replaced by the question (other row fields can be named too)."""
+    use_chat_template: bool = True
+    """Wrap the prompt in the tokenizer's chat template (with the generation prompt)."""
+    max_prompt_tokens: int = Field(512, ge=1)
+    """Longest prompt in tokens after templating."""
+    overlong_prompts: Literal["skip", "error"] = "skip"
+    """What to do with prompts longer than `max_prompt_tokens`: skip them (counted and logged) or stop with an error."""
+    arithmetic: ArithmeticConfig = ArithmeticConfig()
+    """The built-in arithmetic task."""
+
+
+class RewardFunctionConfig(Section):
+    name: str
+    """`math_verify`, `boxed_format`, `path/to/file.py:function` or `package.module:function`."""
+    weight: float = 1.0
+    """Weight in the total reward (total = sum of weight * score)."""
+    kwargs: dict[str, Any] = {}
+    """Extra keyword arguments passed to the function on every call."""
+
+
+class RewardConfig(Section):
+    functions: list[RewardFunctionConfig] = [RewardFunctionConfig(name="math_verify")]
+    """Reward functions summed with their weights."""
+    correct_reward: str | None = None
+    """Name of the reward whose positive score marks a completion correct (default: the first function)."""
+    timeout_seconds: float = Field(5.0, gt=0)
+    """Per-call limit; a call that takes longer scores `failure_score` and is counted."""
+    failure_score: float = 0.0
+    """Score of a call that raised, timed out, or returned a non-number or NaN."""
+    num_workers: int = Field(2, ge=1)
+    """Worker processes scoring completions."""
+    log_failures: int = Field(5, ge=0)
+    """How many failures to log in full (with the offending row); later ones are only counted."""
+
+
+class VllmConfig(Section):
+    enforce_eager: bool = True
+    """Skip torch.compile/graph capture: starts in ~20 s instead of ~100 s on the CPU, 15-30% slower decoding."""
+    kv_cache_space_gib: float = Field(2.0, gt=0)
+    """CPU KV-cache size (VLLM_CPU_KVCACHE_SPACE); without it vLLM-CPU reserves most of the RAM."""
+    omp_threads_bind: str = "auto"
+    """CPU threads vLLM binds (VLLM_CPU_OMP_THREADS_BIND), e.g. `0-1`; `auto` keeps vLLM's default."""
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    """Fraction of GPU memory vLLM may use (GPU only)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs per engine (GPU only)."""
+    multiprocessing: bool = False
+    """Run vLLM's engine core in a child process (False: in the caller's process, faster start on the CPU)."""
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: `hf` (transformers generate) or `vllm`."""
+    n: int = Field(8, ge=1)
+    """Completions per prompt (group size) unless the sampler decides otherwise."""
+    max_new_tokens: int = Field(256, ge=1)
+    """Longest completion; also L_max of length-normalised objectives."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    top_k: int = -1
+    """Top-k sampling (-1: off)."""
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Rollout dtype. Ratios use learner-recomputed log-probs, so bf16 rollouts stay exact for the loss."""
+    batch_size: int = Field(64, ge=1)
+    """HF engine: sequences generated together."""
+    vllm: VllmConfig = VllmConfig()
+    """vLLM engine settings."""
+
+
+class OptimizerConfig(Section):
+    lr: float = Field(1e-6, gt=0)
+    """Peak learning rate of AdamW."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this value (null: no clipping; the norm is still logged)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 to `lr` over this many optimizer steps."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Decay after warm-up, to `min_lr_ratio * lr` at the last step."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Final learning rate as a fraction of `lr` (cosine and linear schedules)."""
+
+
+class LearnerConfig(Section):
+    backend: Literal["deepspeed", "torch"] = "deepspeed"
+    """`deepspeed` (ZeRO, multi-rank) or `torch` (one process, plain AdamW)."""
+    zero_stage: int = Field(0, ge=0, le=3)
+    """DeepSpeed ZeRO stage (0 to 3)."""
+    offload_optimizer: bool = False
+    """DeepSpeed: keep optimizer states on the CPU (GPU runs)."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward/backward; gradients accumulate over the step (same update as one big batch)."""
+    fused_logprobs: bool = True
+    """Compute log-probs and entropy from hidden states in chunks, never materialising full logits."""
+    logprob_chunk_size: int = Field(1024, ge=1)
+    """Tokens per chunk of the fused log-prob op."""
+    updates_per_batch: int = Field(1, ge=1)
+    """Optimizer steps taken on each rollout batch (mini-batches); >1 makes later steps off-policy."""
+
+
+class TrainConfig(Section):
+    steps: int = Field(40, ge=1)
+    """Training steps (rollout batch + update each)."""
+    prompts_per_step: int = Field(8, ge=1)
+    """Prompts sampled per step (each gets a group of completions)."""
+    seed: int = 0
+    """Seed of data order, sampling and initialisation."""
+    output_dir: str = "runs/quickstart"
+    """Run folder: metrics, checkpoints, final export."""
+    resume: str = "auto"
+    """`auto` (newest complete checkpoint in output_dir, if any), `never`, or a checkpoint folder."""
+    threads: int | None = None
+    """torch intra-op threads (null: torch's default)."""
+
+
+class EvalConfig(Section):
+    every_steps: int = Field(10, ge=0)
+    """Evaluate on the test split every N steps (0: only at the start and end)."""
+    num_problems: int = Field(100, ge=1)
+    """Test problems per periodic evaluation."""
+    max_new_tokens: int | None = None
+    """Token limit at evaluation (null: `rollout.max_new_tokens`)."""
+    at_start: bool = True
+    """Evaluate before the first step (the untrained baseline)."""
+
+
+class LoggingConfig(Section):
+    jsonl: bool = True
+    """Write metrics per step to `output_dir/metrics.jsonl`."""
+    tensorboard: bool = True
+    """Write TensorBoard events to `output_dir/tensorboard`."""
+    wandb_project: str | None = None
+    """Log to Weights & Biases under this project (null: off)."""
+    progress_bar: bool = True
+    """Show a progress bar with step, reward, accuracy, tokens/s and ETA."""
+
+
+class CheckpointConfig(Section):
+    every_steps: int = Field(10, ge=0)
+    """Save a resumable checkpoint every N steps (0: only at the end)."""
+    keep_last: int = Field(2, ge=1)
+    """Complete checkpoints kept; older ones are deleted."""
+    export_final: bool = True
+    """Export the final policy as a Hugging Face folder (`output_dir/final`)."""
+
+
+class RLPostConfig(Section):
+    """A whole rlpost run."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    reward: RewardConfig = RewardConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    learner: LearnerConfig = LearnerConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RLPostConfig:
+        if self.objective.normalize_adv_by_std and self.rollout.n == 1 and self.sampler.name == "uniform":
+            raise ValueError(
+                "rollout.n = 1 gives groups of one completion: group-normalised advantages are all zero. "
+                "Use rollout.n >= 2"
+            )
+        return self

@@ -1,0 +1,118 @@
+"""The interface every objective implements, and the tensors that cross it.
+
+Shapes: N sequences (completions) in a micro-batch or step, T padded response length.
+Per-token tensors are [N, T] and right-padded; `mask` marks valid response tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlpost.config.objective import ObjectiveConfig
+
+
+@dataclass
+class AdvantageInputs:
+    """Everything an advantage estimator may look at, for the whole optimizer step."""
+
+    rewards: torch.Tensor
+    """[N] total (weighted) reward of each sequence."""
+    group_index: torch.Tensor
+    """[N] long, index of the sequence's group (prompt) in 0..G-1; groups may differ in size."""
+    response_lengths: torch.Tensor
+    """[N] long, number of valid response tokens."""
+    correct: torch.Tensor
+    """[N] bool, accuracy of each sequence (used by filters and metrics, not necessarily the reward)."""
+    truncated: torch.Tensor
+    """[N] bool, True where generation stopped at the length limit."""
+    reward_components: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Unweighted score of each reward function, by name, each [N]."""
+
+
+@dataclass
+class LossInputs:
+    """Per-token inputs of the policy loss for one micro-batch."""
+
+    logp: torch.Tensor
+    """[N, T] log-probs of the sampled tokens under the current policy (requires grad)."""
+    old_logp: torch.Tensor
+    """[N, T] log-probs under the policy that the ratio is taken against (no grad)."""
+    advantages: torch.Tensor
+    """[N] per-sequence or [N, T] per-token advantages (no grad)."""
+    mask: torch.Tensor
+    """[N, T] float, 1 on valid response tokens."""
+    ref_logp: torch.Tensor | None = None
+    """[N, T] log-probs under the frozen reference policy (present when the objective asks for it)."""
+    entropy: torch.Tensor | None = None
+    """[N, T] per-token entropy of the current policy (present when the objective asks for it)."""
+    token_ids: torch.Tensor | None = None
+    """[N, T] long, response token ids."""
+    group_index: torch.Tensor | None = None
+    """[N] long, group of each sequence."""
+    behaviour_logp: torch.Tensor | None = None
+    """[N, T] log-probs reported by the rollout engine (off-policy corrections)."""
+
+
+@dataclass
+class StepScale:
+    """Normalisers taken over the whole optimizer step (all micro-batches, all ranks).
+
+    Each micro-batch loss is divided by these, so the sum of micro-batch losses equals the loss
+    of one big batch: gradient accumulation and data parallelism do not change the update.
+    """
+
+    tokens: int
+    """Valid response tokens in the optimizer step."""
+    sequences: int
+    """Sequences with at least one valid token in the optimizer step."""
+    max_response_length: int
+    """Fixed L_max (the rollout's max new tokens), the constant normaliser of Dr.GRPO-style modes."""
+
+
+Metrics = dict[str, float]
+
+
+class Objective:
+    """Base class: advantages from rewards, and a per-micro-batch loss.
+
+    Subclasses override what differs. Stateful objectives keep their state in attributes listed
+    by `state_dict`, so a resumed run continues with the same state.
+    """
+
+    name: str = ""
+    needs_entropy: bool = False
+    """Whether `compute_loss` needs `LossInputs.entropy` (the learner then computes it)."""
+
+    def __init__(self, config: ObjectiveConfig, max_response_length: int):
+        self.config = config
+        self.max_response_length = max_response_length
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether a frozen reference model must provide `ref_logp`."""
+        return self.config.kl_coef > 0
+
+    def shape_rewards(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, Metrics]:
+        """Rewards after method-specific shaping (e.g. DAPO's overlong penalty). Default: unchanged."""
+        return inputs.rewards, {}
+
+    def compute_advantages(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, Metrics]:
+        """[N] or [N, T] advantages for the whole step."""
+        raise NotImplementedError
+
+    def compute_loss(self, inputs: LossInputs, scale: StepScale) -> tuple[torch.Tensor, Metrics]:
+        """Scalar loss of one micro-batch, already divided by the step normalisers in `scale`."""
+        raise NotImplementedError
+
+    def lr_scale(self, step_inputs: dict[str, torch.Tensor]) -> tuple[float, Metrics]:
+        """Multiplier of the learning rate for this optimizer step only (VCPO). Default 1."""
+        return 1.0, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
