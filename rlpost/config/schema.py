@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rlpost.config.base import Section
+from rlpost.config.cluster import ClusterConfig
 from rlpost.config.objective import ObjectiveConfig
 from rlpost.config.sampler import SamplerConfig
 
@@ -174,6 +175,8 @@ class LearnerConfig(Section):
     """DeepSpeed: keep optimizer states on the CPU (GPU runs)."""
     micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward/backward; gradients accumulate over the step (same update as one big batch)."""
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    """Run forward/backward under bf16 autocast with fp32 master weights (2-3x faster on CPUs with AMX and on GPUs)."""
     fused_logprobs: bool = True
     """Compute log-probs and entropy from hidden states in chunks, never materialising full logits."""
     logprob_chunk_size: int = Field(1024, ge=1)
@@ -243,6 +246,7 @@ class RLPostConfig(Section):
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RLPostConfig:

@@ -1,1 +1,13 @@
-"""rlpost.data"""
+"""Datasets for rlpost: loading rows from files, folders, the Hub or the built-in arithmetic task, and building prompts.
+
+- `load_rows(source, split, data_config=...)`: rows with canonical `question`, `answer` (and optional `solution`) fields.
+- `build_prompts(rows, tokenizer, data_config)`: `PromptSet` of templated, tokenised `Prompt`s.
+- `generate_arithmetic(...)`: the built-in word-problem task.
+"""
+
+from rlpost.data.arithmetic import generate_arithmetic
+from rlpost.data.errors import DatasetError
+from rlpost.data.loading import load_rows
+from rlpost.data.prompts import PromptSet, build_prompts
+
+__all__ = ["DatasetError", "PromptSet", "build_prompts", "generate_arithmetic", "load_rows"]

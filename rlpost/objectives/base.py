@@ -30,6 +30,10 @@ class AdvantageInputs:
     """[N] bool, True where generation stopped at the length limit."""
     reward_components: dict[str, torch.Tensor] = field(default_factory=dict)
     """Unweighted score of each reward function, by name, each [N]."""
+    token_ids: torch.Tensor | None = None
+    """[N, T] long, right-padded response token ids (objectives with `needs_token_ids`, e.g. GTPO)."""
+    mask: torch.Tensor | None = None
+    """[N, T] float, 1 on valid response tokens (given together with `token_ids`)."""
 
 
 @dataclass
@@ -54,6 +58,8 @@ class LossInputs:
     """[N] long, group of each sequence."""
     behaviour_logp: torch.Tensor | None = None
     """[N, T] log-probs reported by the rollout engine (off-policy corrections)."""
+    token_weights: torch.Tensor | None = None
+    """[N, T] rows of `Objective.token_weights(...)` for this micro-batch, when that hook returns a tensor (GTPO)."""
 
 
 @dataclass
@@ -85,6 +91,8 @@ class Objective:
     name: str = ""
     needs_entropy: bool = False
     """Whether `compute_loss` needs `LossInputs.entropy` (the learner then computes it)."""
+    needs_token_ids: bool = False
+    """Whether `AdvantageInputs.token_ids` and `.mask` must be filled (GTPO's conflict masks)."""
 
     def __init__(self, config: ObjectiveConfig, max_response_length: int):
         self.config = config
@@ -103,8 +111,31 @@ class Objective:
         """[N] or [N, T] advantages for the whole step."""
         raise NotImplementedError
 
+    def token_weights(self, inputs: AdvantageInputs) -> torch.Tensor | None:
+        """[N, T] per-token loss weights for the whole step, or None (default).
+
+        Called once per step after `compute_advantages`; the learner slices the rows of each
+        micro-batch into `LossInputs.token_weights`. GTPO's conflict weights need every member of a
+        group at once, which a micro-batch may not hold.
+        """
+        del inputs
+        return None
+
+    def sequences_in_loss(self, inputs: AdvantageInputs) -> torch.Tensor | None:
+        """[N] bool: sequences whose tokens enter the loss, or None for all (default).
+
+        The learner zeroes the mask rows of excluded sequences before counting `StepScale`
+        (DAPO's optional overlong filter), so they leave the normalisers as well as the loss.
+        """
+        del inputs
+        return None
+
     def compute_loss(self, inputs: LossInputs, scale: StepScale) -> tuple[torch.Tensor, Metrics]:
-        """Scalar loss of one micro-batch, already divided by the step normalisers in `scale`."""
+        """Scalar loss of one micro-batch, already divided by the step normalisers in `scale`.
+
+        The metrics are additive too: each is this micro-batch's share of the step value
+        (normalised by `scale`), so the learner sums them over micro-batches and ranks.
+        """
         raise NotImplementedError
 
     def lr_scale(self, step_inputs: dict[str, torch.Tensor]) -> tuple[float, Metrics]:

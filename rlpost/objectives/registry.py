@@ -10,6 +10,12 @@ import importlib
 
 _OBJECTIVES: dict[str, str] = {
     "grpo": "rlpost.objectives.grpo:GRPO",
+    "dr_grpo": "rlpost.objectives.dr_grpo:DrGRPO",
+    "dapo": "rlpost.objectives.dapo:DAPO",
+    "gspo": "rlpost.objectives.gspo:GSPO",
+    "bnpo": "rlpost.objectives.bnpo:BNPO",
+    "gtpo": "rlpost.objectives.gtpo:GTPO",
+    "vcpo": "rlpost.objectives.vcpo:VCPO",
 }
 
 

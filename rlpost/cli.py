@@ -1,0 +1,170 @@
+"""The `rlpost` command line.
+
+Errors a user can fix (config, data, reward function, model path, checkpoint) print one clear
+message and exit with status 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Before torch is imported: busy-waiting OpenMP threads slow everything on a shared CPU.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from rlpost.config.errors import ConfigError
+    from rlpost.data import DatasetError
+    from rlpost.io.checkpoint import CheckpointError
+    from rlpost.models import ModelNotFoundError
+    from rlpost.rewards import RewardFunctionError
+
+    return (ConfigError, DatasetError, RewardFunctionError, CheckpointError, ModelNotFoundError)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rlpost.config import load_config
+    from rlpost.trainer import Trainer
+
+    config = load_config(args.config, args.overrides)
+    metrics = Trainer(config).fit()
+    summary = {key: metrics[key] for key in ("reward/mean", "train/accuracy", "eval/accuracy", "eval/boxed_rate") if key in metrics}
+    print(json.dumps({"output_dir": config.train.output_dir, **summary}))
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from rlpost.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_model_fetch(args: argparse.Namespace) -> int:
+    from rlpost.models import fetch_builtin
+
+    print(fetch_builtin(args.name, Path(args.to) if args.to else None))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from rlpost.config.schema import DataConfig, RolloutConfig
+    from rlpost.data import build_prompts, load_rows
+    from rlpost.evaluation import EVAL_REWARDS, evaluate
+    from rlpost.models import resolve_model
+    from rlpost.rewards.manager import RewardManager
+    from rlpost.rollout import build_engine
+
+    model_path = resolve_model(args.model)
+    data_config = DataConfig(
+        train=args.data, test=None, question_field=args.question_field, answer_field=args.answer_field, solution_field=None,
+        split=args.split,
+    )
+    rows = load_rows(args.data, args.split, data_config=data_config)[: args.limit]
+    prompts = build_prompts(rows, AutoTokenizer.from_pretrained(model_path), data_config).prompts
+    engine = build_engine(RolloutConfig(engine=args.engine, dtype=args.dtype), model_path, seed=args.seed)
+    with RewardManager(EVAL_REWARDS) as rewards:
+        result = evaluate(
+            engine, prompts, rewards, samples=args.samples, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, seed=args.seed,
+        )
+    engine.close()
+    summary = {"problems": len(prompts), "pass@1": result.pass_at_1, "boxed_rate": result.boxed_rate}
+    if args.samples > 1:
+        summary[f"pass@{args.samples}"] = result.pass_at_k
+    print(json.dumps(summary))
+    if args.out:
+        Path(args.out).write_text(json.dumps({**summary, "result": result.to_json()}, indent=1))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from rlpost.io.plot import plot_run
+
+    print(plot_run(Path(args.run_dir), Path(args.out) if args.out else None))
+    return 0
+
+
+def cmd_checkpoint_verify(args: argparse.Namespace) -> int:
+    from rlpost.io.checkpoint import verify_checkpoint
+
+    manifest = verify_checkpoint(Path(args.folder))
+    print(f"ok: step {manifest['step']}, {len(manifest['files'])} files verified")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlpost", description="RL post-training of LLMs (GRPO family).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train from a YAML config (default: the quickstart)")
+    train.add_argument("config", nargs="?", help="config file (default configs/quickstart.yaml)")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.clip_high=0.28")
+    train.set_defaults(run=cmd_train)
+
+    config = commands.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
+    show = config.add_parser("show", help="print the resolved config")
+    show.add_argument("config", nargs="?")
+    show.add_argument("overrides", nargs="*")
+    show.set_defaults(run=cmd_config_show)
+
+    model = commands.add_parser("model", help="models").add_subparsers(dest="action", required=True)
+    fetch = model.add_parser("fetch", help="fetch a built-in model into a Hugging Face folder")
+    fetch.add_argument("name")
+    fetch.add_argument("--to", help="target folder (default: the rlpost cache)")
+    fetch.set_defaults(run=cmd_model_fetch)
+
+    ev = commands.add_parser("eval", help="pass@1 / pass@k of a model under math-verify")
+    ev.add_argument("--model", required=True, help="model folder, Hub id or built-in alias")
+    ev.add_argument("--data", required=True, help="data file/folder/Hub id, or `arithmetic`")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--samples", type=int, default=1, help="samples per problem (1: greedy)")
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--max-new-tokens", type=int, default=256)
+    ev.add_argument("--limit", type=int, default=None, help="evaluate the first N problems")
+    ev.add_argument("--question-field", default="question")
+    ev.add_argument("--answer-field", default="answer")
+    ev.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", help="write the results (with per-problem details) to this JSON file")
+    ev.set_defaults(run=cmd_eval)
+
+    plot = commands.add_parser("plot", help="plot reward, accuracy, length and KL curves of a run")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    plot.set_defaults(run=cmd_plot)
+
+    ckpt = commands.add_parser("checkpoint", help="checkpoints").add_subparsers(dest="action", required=True)
+    verify = ckpt.add_parser("verify", help="check a checkpoint folder against its manifest")
+    verify.add_argument("folder")
+    verify.set_defaults(run=cmd_checkpoint_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except _user_errors() as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

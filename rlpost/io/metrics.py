@@ -1,0 +1,69 @@
+"""Metric sinks: JSONL, TensorBoard and W&B, behind one `MetricsLogger`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rlpost.config.schema import LoggingConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class MetricsLogger:
+    """Writes one record per step to every configured sink."""
+
+    def __init__(self, output_dir: Path, config: LoggingConfig, run_config: dict, resume_step: int = 0):
+        self.output_dir = output_dir
+        self._jsonl = None
+        self._tensorboard = None
+        self._wandb = None
+        if config.jsonl:
+            path = output_dir / METRICS_FILE
+            if resume_step and path.exists():
+                _truncate_after(path, resume_step)
+            self._jsonl = path.open("a")
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step or None)
+        if config.wandb_project:
+            import wandb
+
+            self._wandb = wandb.init(project=config.wandb_project, config=run_config, dir=str(output_dir), resume="allow")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._jsonl is not None:
+            record = {"step": step, **{key: _finite(float(value)) for key, value in metrics.items()}}
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        if self._tensorboard is not None:
+            for key, value in metrics.items():
+                self._tensorboard.add_scalar(key, value, step)
+            self._tensorboard.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop records of steps >= `step` (written after the checkpoint a resumed run starts from)."""
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

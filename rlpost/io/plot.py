@@ -1,0 +1,41 @@
+"""`rlpost plot RUN_DIR`: one PNG with the reward, accuracy, length and KL curves of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlpost.io.metrics import read_metrics
+
+PANELS = [
+    ("Reward", ["reward/mean"]),
+    ("Accuracy", ["train/accuracy", "eval/accuracy", "eval/boxed_rate"]),
+    ("Response length", ["response_length/mean"]),
+    ("KL", ["actor/kl_loss", "actor/ppo_kl"]),
+]
+
+
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for axis, (title, keys) in zip(axes.flat, PANELS, strict=True):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                steps, values = zip(*points, strict=True)
+                axis.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=key)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=8)
+    figure.suptitle(str(run_dir))
+    figure.tight_layout()
+    out = out or Path(run_dir) / "curves.png"
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out

@@ -1,0 +1,142 @@
+"""Turn scored groups into the padded tensors the learner trains on.
+
+Layout: each row is `prompt + response`, left-aligned and right-padded to S tokens.
+`response_index[i, t]` is the position in row i of the t-th response token, so any
+per-position tensor [N, S] becomes a response-aligned [N, T] tensor with one gather.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from rlpost.objectives.base import AdvantageInputs
+from rlpost.types import Group
+
+
+@dataclass
+class TrainBatch:
+    """One rollout batch: N sequences (all completions of all groups), tensors on the CPU."""
+
+    input_ids: torch.Tensor
+    """[N, S] long, prompt followed by response, right-padded."""
+    attention_mask: torch.Tensor
+    """[N, S] long, 1 on prompt and response tokens."""
+    response_index: torch.Tensor
+    """[N, T] long, position in `input_ids` of each response token (0 where padded)."""
+    response_mask: torch.Tensor
+    """[N, T] float, 1 on valid response tokens."""
+    response_ids: torch.Tensor
+    """[N, T] long, response token ids (pad where masked)."""
+    behaviour_logp: torch.Tensor
+    """[N, T] log-probs reported by the rollout engine."""
+    group_index: torch.Tensor
+    """[N] long, group of each sequence."""
+    rewards: torch.Tensor
+    """[N] float, total reward."""
+    correct: torch.Tensor
+    """[N] bool."""
+    truncated: torch.Tensor
+    """[N] bool, the completion hit the length limit."""
+    policy_version: torch.Tensor
+    """[N] long, version of the weights that generated each completion."""
+    reward_components: dict[str, torch.Tensor]
+    """Unweighted score of each reward function, [N] each."""
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(dim=1).long()
+
+    def advantage_inputs(self) -> AdvantageInputs:
+        return AdvantageInputs(
+            rewards=self.rewards,
+            group_index=self.group_index,
+            response_lengths=self.response_lengths,
+            correct=self.correct,
+            truncated=self.truncated,
+            reward_components=self.reward_components,
+        )
+
+    def select(self, rows: torch.Tensor | list[int]) -> TrainBatch:
+        """The sub-batch of `rows`, trimmed to its own longest sequence and response."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        picked = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, dict):
+                picked[field.name] = {key: tensor[rows] for key, tensor in value.items()}
+            else:
+                picked[field.name] = value[rows]
+        sub = TrainBatch(**picked)
+        return sub._trimmed()
+
+    def _trimmed(self) -> TrainBatch:
+        seq_len = max(int(self.attention_mask.sum(dim=1).max().item()), 1) if self.size else 1
+        resp_len = max(int(self.response_lengths.max().item()), 1) if self.size else 1
+        self.input_ids = self.input_ids[:, :seq_len]
+        self.attention_mask = self.attention_mask[:, :seq_len]
+        for name in ("response_index", "response_mask", "response_ids", "behaviour_logp"):
+            setattr(self, name, getattr(self, name)[:, :resp_len])
+        return self
+
+
+def build_train_batch(groups: list[Group], pad_token_id: int) -> TrainBatch:
+    """Stack every completion of every (scored) group into one `TrainBatch`."""
+    rows: list[tuple[list[int], list[int], list[float]]] = []
+    group_index, rewards, correct, truncated, versions = [], [], [], [], []
+    components: dict[str, list[float]] = {name: [] for name in (groups[0].reward_components if groups else {})}
+    for g, group in enumerate(groups):
+        if len(group.rewards) != group.size:
+            raise ValueError(f"group {group.prompt.prompt_id} is not scored ({len(group.rewards)} rewards, {group.size} completions)")
+        for c, completion in enumerate(group.completions):
+            rows.append((group.prompt.token_ids, completion.token_ids, completion.logprobs))
+            group_index.append(g)
+            rewards.append(group.rewards[c])
+            correct.append(bool(group.correct[c]) if group.correct else False)
+            truncated.append(completion.finish_reason == "length")
+            versions.append(completion.policy_version)
+            for name in components:
+                components[name].append(group.reward_components[name][c])
+
+    n = len(rows)
+    seq_len = max((len(p) + len(r) for p, r, _ in rows), default=1)
+    resp_len = max(max((len(r) for _, r, _ in rows), default=1), 1)
+    input_ids = torch.full((n, seq_len), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, seq_len), dtype=torch.long)
+    response_index = torch.zeros((n, resp_len), dtype=torch.long)
+    response_mask = torch.zeros((n, resp_len), dtype=torch.float32)
+    response_ids = torch.full((n, resp_len), pad_token_id, dtype=torch.long)
+    behaviour_logp = torch.zeros((n, resp_len), dtype=torch.float32)
+    for i, (prompt_ids, completion_ids, logprobs) in enumerate(rows):
+        p, r = len(prompt_ids), len(completion_ids)
+        input_ids[i, :p] = torch.tensor(prompt_ids, dtype=torch.long)
+        input_ids[i, p : p + r] = torch.tensor(completion_ids, dtype=torch.long)
+        attention_mask[i, : p + r] = 1
+        response_index[i, :r] = torch.arange(p, p + r)
+        response_mask[i, :r] = 1.0
+        response_ids[i, :r] = torch.tensor(completion_ids, dtype=torch.long)
+        behaviour_logp[i, : len(logprobs)] = torch.tensor(logprobs, dtype=torch.float32)
+    return TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_index=response_index,
+        response_mask=response_mask,
+        response_ids=response_ids,
+        behaviour_logp=behaviour_logp,
+        group_index=torch.tensor(group_index, dtype=torch.long),
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        correct=torch.tensor(correct, dtype=torch.bool),
+        truncated=torch.tensor(truncated, dtype=torch.bool),
+        policy_version=torch.tensor(versions, dtype=torch.long),
+        reward_components={name: torch.tensor(values, dtype=torch.float32) for name, values in components.items()},
+    )
+
+
+def micro_batches(size: int, micro_batch_size: int) -> list[torch.Tensor]:
+    """Row indices of consecutive micro-batches covering 0..size-1."""
+    return [torch.arange(start, min(start + micro_batch_size, size)) for start in range(0, size, micro_batch_size)]

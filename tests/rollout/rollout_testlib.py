@@ -1,0 +1,57 @@
+"""Checks shared by the rollout tests (a uniquely named module: pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+from rlpost.types import Completion, Group, Prompt
+
+
+@torch.inference_mode()
+def teacher_forced_logprobs(model, prompt: Prompt, completion: Completion) -> torch.Tensor:
+    """Log-probs of the completion's tokens from one unpadded forward pass over prompt + completion."""
+    ids = torch.tensor([prompt.token_ids + completion.token_ids])
+    logits = model(input_ids=ids).logits[0, len(prompt.token_ids) - 1 : -1].float()
+    targets = torch.tensor(completion.token_ids)[:, None]
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
+
+
+def max_logprob_error(model, groups: list[Group]) -> float:
+    """Largest |engine log-prob - teacher-forced log-prob| over every token of every completion."""
+    worst = 0.0
+    for group in groups:
+        for completion in group.completions:
+            reference = teacher_forced_logprobs(model, group.prompt, completion)
+            worst = max(worst, (reference - torch.tensor(completion.logprobs)).abs().max().item())
+    return worst
+
+
+def token_ids(groups: list[Group]) -> list[list[list[int]]]:
+    return [[c.token_ids for c in g.completions] for g in groups]
+
+
+def check_groups(groups: list[Group], prompts: list[Prompt], sizes: list[int], max_new_tokens: int, tokenizer) -> None:
+    """Every structural promise of `RolloutEngine.generate`."""
+    eos = tokenizer.eos_token_id
+    assert [g.prompt.prompt_id for g in groups] == [p.prompt_id for p in prompts]
+    assert [g.size for g in groups] == sizes
+    for group in groups:
+        for c in group.completions:
+            assert 1 <= len(c.token_ids) <= max_new_tokens
+            assert len(c.logprobs) == len(c.token_ids)
+            assert all(lp <= 0.0 for lp in c.logprobs)
+            assert eos not in c.token_ids[:-1], "nothing may follow the end-of-sequence token"
+            if c.token_ids[-1] == eos:
+                assert c.finish_reason == "stop"
+            else:
+                assert c.finish_reason == "length" and len(c.token_ids) == max_new_tokens
+            assert c.text == tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            assert c.policy_version == group.policy_version
+
+
+def perturbed_state_dict(model) -> dict[str, torch.Tensor]:
+    """A copy of the weights with every MLP and attention projection scaled: a clearly different policy."""
+    return {
+        name: tensor.detach().float() * 1.1 if ("mlp" in name or "self_attn" in name) else tensor.detach().float().clone()
+        for name, tensor in model.state_dict().items()
+    }
