@@ -31,7 +31,7 @@ from rlpost.io.checkpoint import (
     write_checkpoint,
 )
 from rlpost.io.metrics import MetricsLogger
-from rlpost.learner.batch import build_train_batch
+from rlpost.learner.batch import build_train_batch, prepare_update
 from rlpost.learner.learner import Learner
 from rlpost.models import resolve_model
 from rlpost.objectives.registry import get_objective
@@ -160,15 +160,17 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------
 
-    def rollout(self, step: int, times: StepTimes) -> tuple[list[Group], dict[str, float]]:
-        """Sample prompts, generate and score their groups."""
-        requests = self.sampler.next_batch(step)
+    def _generate_round(self, step: int, round_index: int, min_prompts: int, times: StepTimes) -> tuple[list[Group], dict[str, float]]:
+        """Sample at least `min_prompts` prompts, generate and score their groups."""
+        requests = []
+        while len(requests) < min_prompts:
+            requests.extend(self.sampler.next_batch(step))
         sampling = SamplingSettings(
             max_new_tokens=self.config.rollout.max_new_tokens,
             temperature=self.config.rollout.temperature,
             top_p=self.config.rollout.top_p,
             top_k=self.config.rollout.top_k,
-            seed=step_seed(self.config.train.seed, step),
+            seed=step_seed(self.config.train.seed, step) + 7919 * round_index,
         )
         started = time.perf_counter()
         groups = self.engine.generate([p for p, _ in requests], [n for _, n in requests], sampling)
@@ -179,16 +181,28 @@ class Trainer:
         metrics.update(self.sampler.update(groups))
         return groups, metrics
 
+    def rollout(self, step: int, times: StepTimes) -> tuple[list[Group], dict[str, float]]:
+        """The step's scored groups; with a group filter (DAPO), rounds repeat until enough are kept."""
+        prompts_per_step = self.config.train.prompts_per_step
+        group_filter = self.objective.group_filter(prompts_per_step)
+        if group_filter is None:
+            return self._generate_round(step, 0, 1, times)
+        rounds: list[dict[str, float]] = []
+        while not group_filter.ready:
+            groups, metrics = self._generate_round(step, len(rounds), group_filter.round_size, times)
+            group_filter.add_groups(groups)
+            rounds.append(metrics)
+        kept, filter_metrics = group_filter.take()
+        averaged = {key: sum(r.get(key, 0.0) for r in rounds) / len(rounds) for key in rounds[0]}
+        return kept, {**averaged, **filter_metrics}
+
     def train_step(self, step: int) -> dict[str, float]:
         times = StepTimes()
         groups, metrics = self.rollout(step, times)
         batch = build_train_batch(groups, self.pad_token_id)
-        inputs = batch.advantage_inputs()
-        shaped, shaping_metrics = self.objective.shape_rewards(inputs)
-        inputs.rewards = shaped
-        advantages, advantage_metrics = self.objective.compute_advantages(inputs)
+        targets = prepare_update(self.objective, batch)
         started = time.perf_counter()
-        learner_metrics = self.learner.train_step(batch, advantages)
+        learner_metrics = self.learner.train_step(batch, targets)
         times.train = time.perf_counter() - started
         started = time.perf_counter()
         self.engine.update_weights(self.learner.named_weights(), version=step + 1)
@@ -198,8 +212,7 @@ class Trainer:
         total_time = times.rollout + times.reward + times.train + times.sync
         return {
             **metrics,
-            **shaping_metrics,
-            **advantage_metrics,
+            **targets.metrics,
             **learner_metrics,
             "train/accuracy": float(batch.correct.float().mean()),
             "response_length/mean": float(lengths.mean()),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from rlpost.objectives.base import AdvantageInputs
+from rlpost.objectives.base import AdvantageInputs, Metrics, Objective
 from rlpost.types import Group
 
 
@@ -60,6 +60,8 @@ class TrainBatch:
             correct=self.correct,
             truncated=self.truncated,
             reward_components=self.reward_components,
+            token_ids=self.response_ids,
+            mask=self.response_mask,
         )
 
     def select(self, rows: torch.Tensor | list[int]) -> TrainBatch:
@@ -135,6 +137,34 @@ def build_train_batch(groups: list[Group], pad_token_id: int) -> TrainBatch:
         policy_version=torch.tensor(versions, dtype=torch.long),
         reward_components={name: torch.tensor(values, dtype=torch.float32) for name, values in components.items()},
     )
+
+
+@dataclass
+class PolicyTargets:
+    """What the objective derives from a scored batch before the update."""
+
+    advantages: torch.Tensor
+    """[N] or [N, T] advantages."""
+    token_weights: torch.Tensor | None
+    """[N, T] per-token loss weights (GTPO), or None."""
+    metrics: Metrics
+
+
+def prepare_update(objective: Objective, batch: TrainBatch) -> PolicyTargets:
+    """Shape rewards, compute advantages and token weights; drop excluded sequences from the loss.
+
+    Sequences the objective excludes (e.g. DAPO's overlong filter) get an all-zero response
+    mask, so they count in no normaliser.
+    """
+    inputs = batch.advantage_inputs()
+    shaped, metrics = objective.shape_rewards(inputs)
+    inputs.rewards = shaped
+    advantages, advantage_metrics = objective.compute_advantages(inputs)
+    token_weights = objective.token_weights(inputs)
+    keep = objective.sequences_in_loss(inputs)
+    if keep is not None:
+        batch.response_mask[~keep] = 0.0
+    return PolicyTargets(advantages, token_weights, {**metrics, **advantage_metrics})
 
 
 def micro_batches(size: int, micro_batch_size: int) -> list[torch.Tensor]:

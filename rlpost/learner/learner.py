@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlpost.config.schema import RLPostConfig
-from rlpost.learner.batch import TrainBatch, micro_batches
+from rlpost.learner.batch import PolicyTargets, TrainBatch, micro_batches
 from rlpost.learner.distributed import all_reduce_sum, ensure_process_group, world_size
 from rlpost.learner.optim import build_optimizer, build_scheduler
 from rlpost.objectives.base import LossInputs, Objective, StepScale
@@ -152,7 +152,7 @@ class Learner:
 
     # ---- update -----------------------------------------------------------------------------
 
-    def train_step(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
+    def train_step(self, batch: TrainBatch, targets: PolicyTargets) -> dict[str, float]:
         """Policy-gradient update(s) on one rollout batch; returns the step's metrics."""
         self.module.train()
         ref_logp = self._frozen_logprobs(self.reference, batch) if self.reference is not None else None
@@ -161,7 +161,7 @@ class Learner:
         metrics: dict[str, list[tuple[float, float]]] = defaultdict(list)
         order = torch.randperm(batch.size) if self.config.learner.updates_per_batch > 1 else torch.arange(batch.size)
         for mini_rows in order.chunk(self.config.learner.updates_per_batch):
-            step_metrics = self._update(batch, mini_rows, advantages, old_logp, ref_logp)
+            step_metrics = self._update(batch, mini_rows, targets, old_logp, ref_logp)
             for key, value in step_metrics.items():
                 metrics[key].append((value, 1.0))
         return {key: sum(v for v, _ in values) / len(values) for key, values in metrics.items()}
@@ -175,12 +175,13 @@ class Learner:
         self,
         batch: TrainBatch,
         rows: torch.Tensor,
-        advantages: torch.Tensor,
+        targets: PolicyTargets,
         old_logp: torch.Tensor | None,
         ref_logp: torch.Tensor | None,
     ) -> dict[str, float]:
         scale = self._step_scale(batch, rows)
-        weighted: dict[str, float] = defaultdict(float)
+        advantages, token_weights = targets.advantages, targets.token_weights
+        step_metrics: dict[str, float] = defaultdict(float)
         total_loss = 0.0
         micro_rows = micro_batches(len(rows), self.config.learner.micro_batch_size)
         current_logp = torch.zeros_like(batch.response_mask[rows])
@@ -199,21 +200,22 @@ class Learner:
                 token_ids=sub.response_ids,
                 group_index=sub.group_index,
                 behaviour_logp=sub.behaviour_logp,
+                token_weights=token_weights[picked, :width] if token_weights is not None else None,
             )
             loss, loss_metrics = self.objective.compute_loss(inputs, scale)
             # DeepSpeed/DDP average gradients over ranks; our loss is already a global sum-normalised value.
             self._backward(loss * world_size(), is_last=index == len(micro_rows) - 1)
             total_loss += float(loss.detach())
-            share = float(sub.response_mask.sum()) / max(scale.tokens, 1)
+            # Loss metrics are this micro-batch's share of the step value: they add up.
             for key, value in loss_metrics.items():
-                weighted[key] += float(value) * share
+                step_metrics[key] += float(value)
             current_logp[local, :width] = logp.detach().float()
         lr_factor, lr_metrics = self.objective.lr_scale(
             {"logp": current_logp, "behaviour_logp": batch.behaviour_logp[rows], "mask": batch.response_mask[rows]}
         )
         grad_norm, lr = self._optimizer_step(lr_factor)
         self.steps_taken += 1
-        return {"actor/loss": total_loss, "actor/grad_norm": grad_norm, "actor/lr": lr, **weighted, **lr_metrics}
+        return {"actor/loss": total_loss, "actor/grad_norm": grad_norm, "actor/lr": lr, **step_metrics, **lr_metrics}
 
     def _backward(self, loss: torch.Tensor, is_last: bool) -> None:
         if self.engine is None:

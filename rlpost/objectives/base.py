@@ -130,6 +130,12 @@ class Objective:
         del inputs
         return None
 
+    def group_filter(self, prompts_per_step: int):
+        """A collector that keeps sampling until `prompts_per_step` informative groups are kept
+        (DAPO's dynamic sampling: `rlpost.objectives.dapo.DynamicSampler`), or None (default)."""
+        del prompts_per_step
+        return None
+
     def compute_loss(self, inputs: LossInputs, scale: StepScale) -> tuple[torch.Tensor, Metrics]:
         """Scalar loss of one micro-batch, already divided by the step normalisers in `scale`.
 

@@ -80,6 +80,9 @@ class DAPO(GRPO):
     def sequences_in_loss(self, inputs: AdvantageInputs) -> torch.Tensor | None:
         return ~inputs.truncated if self.config.dapo.overlong_filter else None
 
+    def group_filter(self, prompts_per_step: int) -> DynamicSampler | None:
+        return DynamicSampler.from_config(self.config.dapo, prompts_per_step) if self.config.dapo.filter_groups else None
+
 
 # ---------------------------------------------------------------------------------------------
 # dynamic sampling (torch-free)
@@ -121,6 +124,7 @@ class DynamicSampler(Generic[G]):
         max_gen_batches: int = 10,
         on_exhausted: Literal["raise", "proceed"] = "raise",
         round_size: int | None = None,
+        filter_metric: Literal["acc", "score"] = "acc",
     ):
         if prompts_per_step < 1:
             raise ValueError("prompts_per_step must be >= 1")
@@ -129,6 +133,7 @@ class DynamicSampler(Generic[G]):
         self.on_exhausted = on_exhausted
         self.round_size = round_size or prompts_per_step
         """Prompts the trainer should generate per round."""
+        self.filter_metric = filter_metric
         self._reset()
 
     @classmethod
@@ -138,6 +143,7 @@ class DynamicSampler(Generic[G]):
             max_gen_batches=config.max_gen_batches,
             on_exhausted=config.on_exhausted,
             round_size=config.gen_batch_prompts,
+            filter_metric=config.filter_metric,
         )
 
     def _reset(self) -> None:
@@ -179,6 +185,10 @@ class DynamicSampler(Generic[G]):
                 "or too easy. Raise max_gen_batches, or set objective.dapo.on_exhausted=proceed"
             )
         return keep
+
+    def add_groups(self, groups: Sequence[Group]) -> list[bool]:
+        """`add` with each group's values read by `filter_values` under this sampler's metric."""
+        return self.add(groups, [filter_values(group, self.filter_metric) for group in groups])
 
     def take(self) -> tuple[list[G], Metrics]:
         """The step's groups (at most prompts_per_step) and the round metrics; resets the sampler."""

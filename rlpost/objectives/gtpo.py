@@ -44,6 +44,7 @@ from rlpost.objectives.core import (
     policy_metrics,
     sequence_share,
     sequence_token_means,
+    token_share,
 )
 from rlpost.objectives.grpo import GRPO
 
@@ -219,7 +220,8 @@ class GTPO(GRPO):
             loss = aggregate_loss(terms.loss, inputs.mask, self.loss_agg, scale)
         metrics = policy_metrics(terms, inputs.logp, inputs.old_logp, inputs.mask, scale)
         metrics["actor/pg_loss"] = float(loss.detach())
-        metrics["actor/entropy"] = sequence_share(entropy, inputs.mask, scale)
+        metrics["actor/entropy"] = token_share(inputs.entropy, inputs.mask, scale)
+        metrics["gtpo/completion_entropy_mean"] = sequence_share(entropy, inputs.mask, scale)
         metrics["gtpo/entropy_filtered_frac"] = sequence_share(
             (entropy > self.config.gtpo.entropy_threshold).double(), inputs.mask, scale
         )

@@ -118,6 +118,21 @@ def _repack_tied_lm_head(worker: Any) -> None:
         quant_method.process_weights_after_loading(lm_head)
 
 
+def _is_greedy(sampling: SamplingSettings) -> bool:
+    return sampling.greedy or sampling.temperature == 0
+
+
+def _sampled_sequence(out: Any) -> SampledSequence:
+    """A vLLM `CompletionOutput` with `logprobs=0`: each step's dict holds the sampled token's entry."""
+    token_ids = list(out.token_ids)
+    logprobs = [step[token].logprob for token, step in zip(token_ids, out.logprobs, strict=True)]
+    return SampledSequence(token_ids=token_ids, logprobs=logprobs, finish_reason=out.finish_reason)
+
+
+def _copy(seq: SampledSequence) -> SampledSequence:
+    return SampledSequence(list(seq.token_ids), list(seq.logprobs), seq.finish_reason)
+
+
 def configure_vllm_environment(config: VllmConfig) -> None:
     """Environment vLLM reads at import or engine creation; must run before `import vllm`.
 
@@ -204,12 +219,13 @@ class VLLMEngine(RolloutEngine):
     def _sampling_params(self, n: int, sampling: SamplingSettings, seed: int) -> Any:
         from vllm import SamplingParams
 
-        greedy = sampling.greedy or sampling.temperature == 0
+        if _is_greedy(sampling):
+            return SamplingParams(n=1, temperature=0.0, max_tokens=sampling.max_new_tokens, logprobs=0, detokenize=False)
         return SamplingParams(
             n=n,
-            temperature=0.0 if greedy else sampling.temperature,
-            top_p=1.0 if greedy else sampling.top_p,
-            top_k=0 if greedy or sampling.top_k < 1 else sampling.top_k,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k >= 1 else 0,  # vLLM: 0 disables
             max_tokens=sampling.max_new_tokens,
             seed=seed,
             logprobs=0,  # just the sampled token's log-prob
@@ -228,15 +244,13 @@ class VLLMEngine(RolloutEngine):
             [self._sampling_params(n_per_prompt[i], sampling, derive_seed(call_seed, i)) for i in requested],
             use_tqdm=False,
         )
-        sequences = [
-            SampledSequence(
-                token_ids=list(out.token_ids),
-                logprobs=[step[token].logprob for token, step in zip(out.token_ids, out.logprobs, strict=True)],
-                finish_reason=out.finish_reason,
-            )
-            for request in outputs
-            for out in sorted(request.outputs, key=lambda o: o.index)
-        ]
+        sequences: list[SampledSequence] = []
+        for i, request in zip(requested, outputs, strict=True):
+            samples = [_sampled_sequence(out) for out in sorted(request.outputs, key=lambda o: o.index)]
+            if _is_greedy(sampling):
+                # vLLM refuses n > 1 without sampling; greedy copies are identical, so decode once.
+                samples = [_copy(samples[0]) for _ in range(n_per_prompt[i])]
+            sequences.extend(samples)
         return assemble_groups(prompts, n_per_prompt, sequences, self.tokenizer, self.stop_ids, self.policy_version)
 
     # ------------------------------------------------------------------ weights

@@ -1,0 +1,171 @@
+"""Plain vs fused per-token log-probs: forward+backward time and peak memory, as ratios.
+
+    python benchmarks/logprob_ops.py                   # default cases
+    python benchmarks/logprob_ops.py --quick           # one small case (smoke test)
+    python benchmarks/logprob_ops.py --cases smollm2:8192:fp32 --chunk-sizes 256,512,1024
+
+Both paths start from hidden states [N, H] and an LM head weight [V, H] (SmolLM2-135M: H=576,
+V=49152; Qwen2.5-1.5B: H=1536, V=151936) and run forward + backward of Σ c·logp with random c:
+  plain: logits = hidden @ weight.T, fp32 log_softmax, gather (what most trainers do)
+  fused: rlpost.ops.fused_token_logprobs (chunked, recomputed in backward)
+
+Peak memory: each (case, path) runs once in a fresh subprocess; peak = the kernel's high-water
+RSS (ru_maxrss) after forward+backward minus its value once the inputs exist, so allocator caching
+or earlier cases cannot hide or inflate it. Time: one subprocess per case alternates the two paths
+(plain, fused, plain, fused, ...) after a warm-up and reports median seconds and their ratio, so
+load from other processes hits both paths alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+SHAPES = {"smollm2": (576, 49152), "qwen2.5-1.5b": (1536, 151936)}
+DEFAULT_CASES = [
+    "smollm2:1024:fp32", "smollm2:4096:fp32", "smollm2:8192:fp32",
+    "smollm2:8192:bf16", "smollm2:8192:fp32:entropy",
+    "qwen2.5-1.5b:1024:fp32", "qwen2.5-1.5b:2048:bf16",
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    tokens: int
+    dtype: str
+    entropy: bool
+
+    @classmethod
+    def parse(cls, text: str) -> "Case":
+        model, tokens, dtype, *flags = text.split(":")
+        return cls(model, int(tokens), dtype, "entropy" in flags)
+
+    def __str__(self) -> str:
+        return f"{self.model}:{self.tokens}:{self.dtype}" + (":entropy" if self.entropy else "")
+
+
+# --------------------------------------------------------------------------------------------
+# worker side (runs in a subprocess)
+
+
+def _inputs(case: Case):
+    import torch
+
+    torch.manual_seed(0)
+    hidden_size, vocab = SHAPES[case.model]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[case.dtype]
+    hidden = torch.randn(case.tokens, hidden_size, dtype=dtype).requires_grad_()
+    weight = (torch.randn(vocab, hidden_size) * hidden_size**-0.5).to(dtype).requires_grad_()
+    targets = torch.randint(0, vocab, (case.tokens,))
+    coeff = torch.randn(case.tokens)
+    return hidden, weight, targets, coeff
+
+
+def _step(path: str, case: Case, chunk_size: int, hidden, weight, targets, coeff) -> float:
+    """One forward + backward; returns seconds."""
+    from rlpost.ops import fused_token_logprobs, token_logprobs_from_logits
+
+    hidden.grad = weight.grad = None
+    start = time.perf_counter()
+    if path == "plain":
+        logp, entropy = token_logprobs_from_logits(hidden @ weight.T, targets, 0.9, case.entropy)
+    else:
+        logp, entropy = fused_token_logprobs(
+            hidden, weight, targets, temperature=0.9, chunk_size=chunk_size, compute_entropy=case.entropy
+        )
+    loss = (logp * coeff).sum() + (entropy.sum() * 0.01 if entropy is not None else 0.0)
+    loss.backward()
+    return time.perf_counter() - start
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def worker_memory(case: Case, path: str, chunk_size: int) -> dict:
+    inputs = _inputs(case)
+    before = _max_rss_bytes()
+    seconds = _step(path, case, chunk_size, *inputs)
+    return {"peak_bytes": _max_rss_bytes() - before, "seconds": seconds}
+
+
+def worker_time(case: Case, chunk_sizes: list[int], repeats: int) -> dict:
+    inputs = _inputs(case)
+    variants = [("plain", 0)] + [("fused", c) for c in chunk_sizes]
+    for path, chunk in variants:  # warm-up: first-touch pages, oneDNN kernels
+        _step(path, case, chunk, *inputs)
+    times: dict[str, list[float]] = {f"{p}:{c}": [] for p, c in variants}
+    for _ in range(repeats):
+        for path, chunk in variants:
+            times[f"{path}:{chunk}"].append(_step(path, case, chunk, *inputs))
+    return times
+
+
+# --------------------------------------------------------------------------------------------
+# driver side
+
+
+def _run_worker(args: list[str]) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:6.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="model:tokens:dtype[:entropy],...")
+    parser.add_argument("--chunk-sizes", default="1024", help="fused chunk sizes to compare, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-path memory subprocesses")
+    parser.add_argument("--quick", action="store_true", help="one small case, one repeat")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        kind, case, *rest = args.worker
+        if kind == "memory":
+            result = worker_memory(Case.parse(case), rest[0], int(rest[1]))
+        else:
+            result = worker_time(Case.parse(case), [int(c) for c in rest[0].split(",")], int(rest[1]))
+        print(json.dumps(result))
+        return
+
+    cases = ["smollm2:1024:fp32"] if args.quick else args.cases.split(",")
+    repeats = 1 if args.quick else args.repeats
+    chunks = [int(c) for c in args.chunk_sizes.split(",")]
+    print(f"torch threads: default; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; repeats={repeats}")
+    header = f"{'case':28} {'chunk':>6} {'plain s':>8} {'fused s':>8} {'time f/p':>8}"
+    header += "" if args.no_memory else f" {'plain GiB':>9} {'fused GiB':>9} {'mem f/p':>7}"
+    print(header)
+    for text in cases:
+        case = Case.parse(text)
+        times = _run_worker(["time", str(case), ",".join(map(str, chunks)), str(repeats)])
+        plain_s = statistics.median(times["plain:0"])
+        plain_mem = None if args.no_memory else _run_worker(["memory", str(case), "plain", "0"])["peak_bytes"]
+        for chunk in chunks:
+            fused_s = statistics.median(times[f"fused:{chunk}"])
+            line = f"{str(case):28} {chunk:6d} {plain_s:8.2f} {fused_s:8.2f} {fused_s / plain_s:8.2f}"
+            if plain_mem is not None:
+                fused_mem = _run_worker(["memory", str(case), "fused", str(chunk)])["peak_bytes"]
+                line += f" {_gib(plain_mem):>9} {_gib(fused_mem):>9} {fused_mem / plain_mem:7.3f}"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

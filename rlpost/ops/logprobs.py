@@ -1,0 +1,225 @@
+"""Per-token log-probs (and entropy) of sampled tokens: the plain path and the chunked fused path.
+
+Plain path (`token_logprobs_from_logits`): full logits -> fp32 log_softmax -> gather. It holds the
+[N, V] logits, their log-softmax and, in backward, their gradient: several N·V·4 bytes.
+
+Fused path (`fused_token_logprobs`): logits = (hidden @ weight.T + bias) / temperature computed
+`chunk_size` tokens at a time. Forward keeps only per-token statistics (logp, logsumexp, entropy);
+backward recomputes each chunk's logits into the same buffer, turns it into dL/dlogits in place and
+accumulates grad_hidden, grad_weight (fp32) and grad_bias. Peak extra memory is one or two
+[chunk_size, V] buffers instead of several [N, V] tensors, at the cost of one more matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlpost.ops import chunk_ops  # noqa: F401  (registers the rlpost:: custom ops)
+from rlpost.ops.chunk_ops import accumulation_dtype
+
+Tensor = torch.Tensor
+
+DEFAULT_CHUNK_SIZE = 1024
+"""Tokens per chunk. Measured on a 2-core CPU (benchmarks/logprob_ops.py): 1024 keeps the matmuls
+efficient and the [chunk, V] buffers small (200 MB fp32 at V=49152, 600 MB at V=151936)."""
+
+
+# --------------------------------------------------------------------------------------------
+# plain path
+
+
+def token_logprobs_from_logits(
+    logits: Tensor, targets: Tensor, temperature: float = 1.0, compute_entropy: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Reference path: logits [..., V], targets [...] long -> (logp [...], entropy [...] | None), fp32.
+
+    What most trainers do: upcast to fp32 (fp64 stays fp64), divide by the temperature, log_softmax over the vocabulary,
+    gather the target column; entropy = -Σ p·log p of the same distribution.
+    """
+    logits = logits.to(accumulation_dtype(logits.dtype))
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_probs = torch.log_softmax(logits, dim=-1)
+    logp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1) if compute_entropy else None
+    return logp, entropy
+
+
+# --------------------------------------------------------------------------------------------
+# fused path
+
+
+def fused_token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compute_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of `targets` under softmax((hidden @ weight.T + bias) / temperature), chunked.
+
+    hidden [N, H], weight [V, H] (an untied LM head or the tied embedding matrix), bias [V] or None,
+    targets [N] long in [0, V). Returns logp [N] and entropy [N] (None unless `compute_entropy`),
+    fp32 (fp64 for fp64 inputs). Differentiable w.r.t. hidden, weight and bias, through both outputs.
+
+    Matmuls run in the inputs' dtype (bf16 logits are rounded to bf16 exactly as `lm_head` would
+    produce them); softmax statistics and grad_weight accumulate in fp32. Under autocast the inputs
+    are cast to the autocast dtype first, as autocast would do for `lm_head`.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    hidden, weight, bias = _common_dtype(hidden, weight, bias)
+    device_type = hidden.device.type
+    with torch.autocast(device_type, enabled=False):
+        logp, entropy = _FusedLinearLogprob.apply(
+            hidden, weight, bias, targets, float(temperature), int(chunk_size), bool(compute_entropy)
+        )
+    return logp, (entropy if compute_entropy else None)
+
+
+def _common_dtype(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The autocast dtype when autocast is on (what `lm_head` would use), else the promoted dtype."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    cast = lambda t: t if t is None or t.dtype == dtype else t.to(dtype)  # noqa: E731
+    return cast(hidden), cast(weight), cast(bias)
+
+
+class _ChunkLogits:
+    """Computes chunks of (hidden @ weight.T + bias) / temperature into one reused buffer.
+
+    Reusing the buffer matters on the CPU: a fresh 200 MB tensor per chunk costs page faults
+    comparable to the softmax itself. The temperature is folded into the matmul (alpha/beta).
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, temperature: float, chunk_size: int, rows: int):
+        self.weight_t = weight.t()
+        self.inv_temperature = 1.0 / temperature
+        # addmm with beta=0 ignores its input: a 0-dim zero stands in for a missing bias.
+        self.bias = bias if bias is not None else weight.new_zeros(())
+        self.beta = self.inv_temperature if bias is not None else 0.0
+        self.buffer = weight.new_empty(min(chunk_size, rows), weight.shape[0])
+
+    def __call__(self, hidden_chunk: Tensor) -> Tensor:
+        out = self.buffer[: hidden_chunk.shape[0]]
+        return torch.addmm(
+            self.bias, hidden_chunk, self.weight_t, beta=self.beta, alpha=self.inv_temperature, out=out
+        )
+
+
+def _chunks(rows: int, chunk_size: int) -> list[slice]:
+    return [slice(start, min(start + chunk_size, rows)) for start in range(0, rows, chunk_size)]
+
+
+class _FusedLinearLogprob(torch.autograd.Function):
+    """Forward saves hidden, weight, bias, targets and per-token lse (+ entropy); never [N, V]."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, compute_entropy):
+        if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+            raise ValueError(f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)}, {tuple(weight.shape)}")
+        if targets.shape != hidden.shape[:1]:
+            raise ValueError(f"targets must be [N]={tuple(hidden.shape[:1])}, got {tuple(targets.shape)}")
+        rows = hidden.shape[0]
+        acc = accumulation_dtype(hidden.dtype)
+        logp = hidden.new_empty(rows, dtype=acc)
+        lse = torch.empty_like(logp)
+        entropy = torch.empty_like(logp) if compute_entropy else logp.new_empty(0)
+        if rows:
+            chunk_logits = _ChunkLogits(weight, bias, temperature, chunk_size, rows)
+            for part in _chunks(rows, chunk_size):
+                logits = chunk_logits(hidden[part])
+                chunk_logp, chunk_lse, chunk_entropy = torch.ops.rlpost.token_logprob_entropy(
+                    logits, targets[part], 1.0, compute_entropy
+                )
+                logp[part], lse[part] = chunk_logp, chunk_lse
+                if compute_entropy:
+                    entropy[part] = chunk_entropy
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
+        ctx.temperature, ctx.chunk_size, ctx.compute_entropy = temperature, chunk_size, compute_entropy
+        ctx.set_materialize_grads(False)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        # The engine may run this inside the caller's autocast region: the buffers and matmuls
+        # must keep the dtypes chosen in forward.
+        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
+            return _FusedLinearLogprob._backward(ctx, grad_logp, grad_entropy)
+
+    @staticmethod
+    def _backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        if not ctx.compute_entropy:
+            grad_entropy = None
+        rows = hidden.shape[0]
+        if rows == 0 or (grad_logp is None and grad_entropy is None):
+            return _zero_grads(hidden, weight, bias, need_hidden, need_weight, need_bias)
+
+        acc = accumulation_dtype(hidden.dtype)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        # grad_weight sums over all tokens: accumulate in fp32 even for bf16 weights.
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_bias else None
+        inv_t = 1.0 / ctx.temperature
+        chunk_logits = _ChunkLogits(weight, bias, ctx.temperature, ctx.chunk_size, rows)
+        for part in _chunks(rows, ctx.chunk_size):
+            hidden_chunk = hidden[part]
+            # Buffer -> dL/d(scaled logits) in place; the 1/temperature of the chain rule is
+            # applied by the matmuls' alpha below.
+            grad_logits = chunk_logits(hidden_chunk)
+            torch.ops.rlpost.logprob_grad_inplace(
+                grad_logits,
+                targets[part],
+                lse[part],
+                entropy[part] if grad_entropy is not None else None,
+                grad_logp[part] if grad_logp is not None else None,
+                None,
+                grad_entropy[part] if grad_entropy is not None else None,
+                1.0,
+            )
+            if need_hidden:
+                torch.mm(grad_logits, weight, out=grad_hidden[part])
+                grad_hidden[part] *= inv_t
+            if need_weight:
+                _accumulate_matmul(grad_weight, grad_logits.t(), hidden_chunk, inv_t)
+            if need_bias:
+                grad_bias.add_(grad_logits.sum(dim=0, dtype=acc), alpha=inv_t)
+        return (
+            grad_hidden,
+            grad_weight.to(weight.dtype) if need_weight else None,
+            grad_bias.to(bias.dtype) if need_bias else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _accumulate_matmul(acc: Tensor, a: Tensor, b: Tensor, alpha: float) -> None:
+    """acc += alpha · (a @ b), with acc possibly fp32 while a, b are bf16."""
+    if acc.dtype == a.dtype:
+        acc.addmm_(a, b, alpha=alpha)
+    else:
+        acc.add_(torch.mm(a, b), alpha=alpha)
+
+
+def _zero_grads(hidden, weight, bias, need_hidden, need_weight, need_bias):
+    return (
+        torch.zeros_like(hidden) if need_hidden else None,
+        torch.zeros_like(weight) if need_weight else None,
+        torch.zeros_like(bias) if need_bias else None,
+        None,
+        None,
+        None,
+        None,
+    )

@@ -1,0 +1,107 @@
+"""Per-token log-probs of a batch's response tokens under a causal LM, without full-sequence logits.
+
+The transformer body runs once; only the hidden states that predict response tokens go through
+the LM head (fused and chunked, or plainly). Prompt positions never produce logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlpost.ops.logprobs import DEFAULT_CHUNK_SIZE, fused_token_logprobs, token_logprobs_from_logits
+
+Tensor = torch.Tensor
+
+
+def model_token_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_index: Tensor,
+    response_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    fused: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compute_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Response-aligned log-probs (and entropies) of the response tokens of a batch.
+
+    Layout contract (the learner's `TrainBatch`):
+      input_ids       [B, S] long: row i is prompt_i + response_i, left-aligned, right-padded.
+      attention_mask  [B, S]: 1 on prompt and response tokens, 0 on padding.
+      response_index  [B, T] long: position in `input_ids[i]` of the t-th response token of row i.
+      response_mask   [B, T] (float or bool): 1 where (i, t) is a real response token.
+    Returns (logp, entropy), each [B, T] fp32: logp[i, t] = log π(input_ids[i, p] | input_ids[i, :p])
+    with p = response_index[i, t], computed from the hidden state at position p - 1 (the hidden
+    state at s predicts token s + 1); entropy[i, t] is the entropy of that same next-token
+    distribution (None unless `compute_entropy`). Entries where `response_mask` is 0 are exactly 0
+    and carry no gradient. Every masked-in position must satisfy 1 <= p < S.
+
+    `temperature` divides the logits (log-probs of the tempered sampling distribution).
+    `fused=True` uses the chunked fused op with the head's weight (tied or not) and bias;
+    `fused=False` applies the LM head module to the selected hidden states and takes the plain
+    fp32 log_softmax. Models whose head is not a plain `nn.Linear` (a LoRA-adapted head) or that
+    post-process logits (final logit soft-capping) always take the plain path on their head.
+    peft-wrapped models are unwrapped with `get_base_model()`; LoRA layers stay active.
+    """
+    causal_lm = _unwrap(model)
+    head = causal_lm.get_output_embeddings()
+    if head is None:
+        raise TypeError(f"{type(causal_lm).__name__} has no output embeddings (LM head)")
+    rows, positions = _response_positions(response_index, response_mask, input_ids.shape[1])
+    hidden = _last_hidden_state(causal_lm, input_ids, attention_mask)
+    selected = hidden[rows, positions - 1]  # [n, H], n = number of response tokens
+    targets = input_ids[rows, positions]
+    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    if fused and isinstance(head, nn.Linear) and not softcap:
+        logp, entropy = fused_token_logprobs(
+            selected,
+            head.weight,
+            targets,
+            bias=head.bias,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            compute_entropy=compute_entropy,
+        )
+    else:
+        logits = head(selected)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        logp, entropy = token_logprobs_from_logits(logits, targets, temperature, compute_entropy)
+    return _scatter(logp, response_mask), (_scatter(entropy, response_mask) if entropy is not None else None)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The transformers CausalLM inside a peft wrapper (LoRA layers live in it), else the model."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
+def _last_hidden_state(causal_lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """[B, S, H] final (normed) hidden states of the body; the LM head is not run."""
+    body = causal_lm.get_decoder()
+    if body is causal_lm:
+        raise TypeError(f"cannot find the transformer body of {type(causal_lm).__name__}")
+    return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def _response_positions(response_index: Tensor, response_mask: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    """(row, position) of every masked-in response token, in row-major order of [B, T]."""
+    valid = response_mask.bool()
+    rows = valid.nonzero(as_tuple=True)[0]
+    positions = response_index[valid]
+    if positions.numel() and (int(positions.min()) < 1 or int(positions.max()) >= seq_len):
+        raise ValueError(
+            f"response_index must lie in [1, {seq_len}) where response_mask is set "
+            f"(got {int(positions.min())}..{int(positions.max())}): a token at position 0 has no predictor"
+        )
+    return rows, positions
+
+
+def _scatter(values: Tensor, response_mask: Tensor) -> Tensor:
+    """Packed per-token values [n] (row-major order of the mask) -> [B, T], zeros where the mask is 0.
+
+    Differentiable w.r.t. `values`; padding gets no gradient."""
+    return values.new_zeros(response_mask.shape).masked_scatter(response_mask.bool(), values)
