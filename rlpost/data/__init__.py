@@ -1,6 +1,7 @@
 """Datasets for rlpost: loading rows from files, folders, the Hub or the built-in arithmetic task, and building prompts.
 
-- `load_rows(source, split, data_config=...)`: rows with canonical `question`, `answer` (and optional `solution`) fields.
+- `load_rows(source, split, data_config=...)`: rows with canonical `question`, `answer` (and optional
+  `solution`) fields.
 - `build_prompts(rows, tokenizer, data_config)`: `PromptSet` of templated, tokenised `Prompt`s.
 - `generate_arithmetic(...)`: the built-in word-problem task.
 """

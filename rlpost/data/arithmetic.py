@@ -23,6 +23,8 @@ from rlpost.data.errors import DatasetError
 SPLITS = ("train", "test")
 _TEST_BUCKETS = 8
 """One question in this many (by hash) belongs to the test split."""
+_MAX_MISSES_IN_A_ROW = 5000
+"""Draws in a row that were duplicates or of the other split: the question space is used up."""
 _MAX_FACTOR = 5
 """Largest multiplier or divisor: keeps products small enough for a small model."""
 _CAP_PER_OPERAND = 5
@@ -113,18 +115,19 @@ def generate_arithmetic(
     rng = random.Random(f"rlpost.arithmetic/{split}/{seed}")  # str seeds are stable across runs and platforms
     rows: list[dict] = []
     seen: set[str] = set()
-    attempts_left = 100 * size + 1000
+    misses = 0
     while len(rows) < size:
-        if attempts_left == 0:
-            raise DatasetError(
-                f"arithmetic: only {len(rows)} distinct {split} problems found for levels {list(levels)} and "
-                f"max_operand {max_operand}; raise max_operand, add levels or lower the size ({size})"
-            )
-        attempts_left -= 1
         level = levels[len(rows) % len(levels)]
         row = _problem(rng, level, max_operand)
         if row["question"] in seen or _split_of(row["question"]) != split:
+            misses += 1
+            if misses == _MAX_MISSES_IN_A_ROW:
+                raise DatasetError(
+                    f"arithmetic: only {len(rows)} distinct {split} problems found for levels {list(levels)} and "
+                    f"max_operand {max_operand}; raise max_operand, add levels or lower the size ({size})"
+                )
             continue
+        misses = 0
         seen.add(row["question"])
         rows.append(row)
     return rows

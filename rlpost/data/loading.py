@@ -80,7 +80,8 @@ def _read_file(path: Path) -> list[RawRow]:
     readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
                ".parquet": _read_parquet, ".pq": _read_parquet}
     if suffix not in readers:
-        raise DatasetError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(FILE_SUFFIXES)}")
+        supported = ", ".join(FILE_SUFFIXES)
+        raise DatasetError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {supported}")
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: the file is empty")
     return readers[suffix](path)
@@ -94,7 +95,8 @@ def _read_jsonl(path: Path) -> list[RawRow]:
             try:
                 line = raw_line.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise DatasetError(f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+                problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                raise DatasetError(f"{path}, line {number}: {problem}") from None
             if not line.strip():
                 continue
             try:
@@ -215,9 +217,10 @@ def canonical_rows(raw: list[RawRow], source: str, data_config: DataConfig) -> l
     rows = [_canonical_row(value, f"{source}, {where}", data_config) for where, value in raw]
     solution_field = data_config.solution_field
     if solution_field and not any("solution" in row for row in rows):
-        # The default name may simply be absent (most datasets have no worked solutions);
-        # a name the user chose and that no row has is a typo worth stopping for.
-        if "solution_field" in data_config.model_fields_set:
+        # The default name may simply be absent (most datasets have no worked solutions); another
+        # name that no row has is a typo worth stopping for. (Compared by value, not by "was it set",
+        # so that a dumped and reloaded config behaves the same.)
+        if solution_field != DataConfig.model_fields["solution_field"].default:
             fields = list(raw[0][1]) if isinstance(raw[0][1], dict) else []
             raise DatasetError(
                 f"{source}: no row has the solution field {solution_field!r}{closest(solution_field, fields)}; "

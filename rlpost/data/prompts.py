@@ -92,7 +92,10 @@ def _prompt_ids(rows: list[dict]) -> list[str]:
     ids: list[str] = []
     seen: dict[str, int] = {}
     for row in rows:
-        base = str(row["id"]) if row.get("id") is not None else "q-" + hashlib.sha1(row["question"].encode()).hexdigest()[:16]
+        if row.get("id") is not None:
+            base = str(row["id"])
+        else:
+            base = "q-" + hashlib.sha1(row["question"].encode()).hexdigest()[:16]
         seen[base] = seen.get(base, 0) + 1
         ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
     return ids

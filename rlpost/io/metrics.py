@@ -19,6 +19,7 @@ class MetricsLogger:
     """Writes one record per step to every configured sink."""
 
     def __init__(self, output_dir: Path, config: LoggingConfig, run_config: dict, resume_step: int = 0):
+        """`resume_step`: steps done by the checkpoint this run resumes from (0: a fresh run)."""
         self.output_dir = output_dir
         self._jsonl = None
         self._tensorboard = None
@@ -31,7 +32,7 @@ class MetricsLogger:
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step or None)
+            self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
         if config.wandb_project:
             import wandb
 
@@ -59,8 +60,10 @@ class MetricsLogger:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Drop records of steps >= `step` (written after the checkpoint a resumed run starts from)."""
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+    """Drop records after `step` (written after the checkpoint a resumed run starts from).
+
+    Records are keyed by steps done, so the checkpoint of step k keeps records 0..k."""
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept))
 
 

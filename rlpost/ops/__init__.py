@@ -7,7 +7,8 @@
 - `fused_policy_loss`: masked per-token clipped-surrogate + KL loss as one custom op.
 
 Custom ops (CPU: torch; CUDA: Triton, imported lazily): `rlpost::token_logprob_entropy`,
-`rlpost::logprob_grad_inplace`, `rlpost::policy_loss`, `rlpost::policy_loss_backward`.
+`rlpost::token_logprob_entropy_scratch`, `rlpost::logprob_grad_inplace`, `rlpost::policy_loss`,
+`rlpost::policy_loss_backward` (CUDA only; elsewhere the autograd formula differentiates the torch code).
 """
 
 from rlpost.ops.logprobs import DEFAULT_CHUNK_SIZE, fused_token_logprobs, token_logprobs_from_logits

@@ -1,15 +1,20 @@
 """Row-wise log-softmax-gather (+ entropy) over a chunk of logits, as torch custom ops.
 
-Two ops, both on a logits chunk `z` [C, V] (any float dtype, rows contiguous) scaled by `scale`
+Ops on a logits chunk `z` [C, V] (any float dtype, rows contiguous) scaled by `scale`
 (1/temperature) before the softmax; statistics are computed in fp32 (fp64 for fp64 inputs):
 
 - `rlpost::token_logprob_entropy(logits, targets, scale, compute_entropy) -> (logp, lse, entropy)`
   logp[c] = log softmax(scale·z[c])[targets[c]], lse[c] = logsumexp(scale·z[c]),
-  entropy[c] = -Σ_v p·log p (an empty tensor when `compute_entropy` is False). Differentiable
-  (w.r.t. logits) through the second op.
-- `rlpost::logprob_grad_inplace(logits!, targets, lse, entropy, grad_logp, grad_lse, grad_entropy, scale)`
-  overwrites `logits` with dL/dlogits. The chunked linear op recomputes a chunk's logits into a
-  reused buffer and turns that buffer into its gradient in place: no second [C, V] allocation.
+  entropy[c] = -Σ_v p·log p (an empty tensor when `compute_entropy` is False). Functional and
+  differentiable w.r.t. logits (through the in-place gradient op).
+- `rlpost::token_logprob_entropy_scratch(logits!, targets, scale, compute_entropy, workspace!?)`:
+  the same outputs, using `logits` (and, for bf16/fp16 logits, the fp32 `workspace` [>= C, V]) as
+  scratch space, whose contents are then undefined.
+- `rlpost::logprob_grad_inplace(logits!, targets, lse, entropy, grad_logp, grad_lse, grad_entropy,
+  scale, workspace!?)` overwrites `logits` with dL/dlogits.
+The chunked linear op recomputes each chunk's logits into one reused buffer and runs the scratch
+ops on it: no [C, V] allocation per chunk (on the CPU a fresh 200 MB tensor costs page faults
+comparable to the softmax itself).
 
 The CPU (default) implementation is plain torch; on CUDA the Triton kernels of
 `rlpost.ops.triton_kernels` run (imported lazily, so this module does not need triton).
@@ -34,53 +39,45 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------------------------
-# forward
+# CPU implementations (plain torch, in place on an fp32 work buffer)
 
 
-@torch.library.custom_op("rlpost::token_logprob_entropy", mutates_args=())
-def token_logprob_entropy(
-    logits: Tensor, targets: Tensor, scale: float, compute_entropy: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """[C, V] logits, [C] targets -> logp [C], lse [C], entropy [C] (or [0]), all fp32 (fp64 for fp64)."""
+def _work_buffer(logits: Tensor, workspace: Optional[Tensor]) -> Tensor:
+    """The fp32 (fp64) buffer to compute in: `logits` itself when already in that dtype (the caller
+    lets us overwrite it), else an upcast copy in `workspace` (allocated if None)."""
     acc = accumulation_dtype(logits.dtype)
-    z = logits.to(acc)
+    if logits.dtype == acc:
+        return logits
+    if workspace is None:
+        return logits.to(acc)
+    if workspace.dtype != acc or workspace.shape[1:] != logits.shape[1:] or workspace.shape[0] < logits.shape[0]:
+        raise ValueError(f"workspace must be {acc} [>= {logits.shape[0]}, {logits.shape[1]}], got {workspace.dtype} {tuple(workspace.shape)}")
+    return workspace[: logits.shape[0]].copy_(logits)
+
+
+def _stats_inplace(work: Tensor, targets: Tensor, scale: float, compute_entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(logp, lse, entropy) of the rows of `work` [C, V], which is destroyed.
+
+    In place with public ops, no [C, V] temporary: e = exp(z - max) overwrites z; the entropy uses
+    H = log Σe - Σ e·log e / Σe (xlogy: 0·log 0 = 0), since log e recovers z - max to fp32 rounding.
+    """
     if scale != 1.0:
-        z = z * scale
-    # log_softmax is one fused, vectorised pass; lse is recovered from the target column
-    # (z_t - logp_t), which costs no extra pass over the vocabulary.
-    log_probs = torch.log_softmax(z, dim=-1)
-    column = targets.unsqueeze(-1)
-    logp = log_probs.gather(-1, column).squeeze(-1)
-    lse = z.gather(-1, column).squeeze(-1) - logp
+        work.mul_(scale)
+    z_target = work.gather(1, targets.unsqueeze(1)).squeeze(1)
+    row_max = work.amax(dim=1, keepdim=True)
+    work.sub_(row_max).exp_()
+    total = work.sum(dim=1)
+    log_total = total.log()
+    lse = row_max.squeeze(1) + log_total
+    logp = z_target - lse
     if not compute_entropy:
         return logp, lse, logp.new_empty(0)
-    # -Σ p·log p, reusing the exp buffer for the product (log_probs is a private temporary).
-    entropy = -torch.exp(log_probs).mul_(log_probs).sum(dim=-1)
+    entropy = log_total - torch.special.xlogy(work, work, out=work).sum(dim=1) / total
     return logp, lse, entropy
 
 
-@token_logprob_entropy.register_fake
-def _(logits: Tensor, targets: Tensor, scale: float, compute_entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
-    acc = accumulation_dtype(logits.dtype)
-    rows = logits.shape[0]
-    stat = logits.new_empty(rows, dtype=acc)
-    return stat, torch.empty_like(stat), logits.new_empty(rows if compute_entropy else 0, dtype=acc)
-
-
-@token_logprob_entropy.register_kernel("cuda")
-def _(logits: Tensor, targets: Tensor, scale: float, compute_entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
-    from rlpost.ops import triton_kernels
-
-    return triton_kernels.logprob_entropy_forward(logits, targets, scale, compute_entropy)
-
-
-# --------------------------------------------------------------------------------------------
-# backward (in place)
-
-
-@torch.library.custom_op("rlpost::logprob_grad_inplace", mutates_args=("logits",))
-def logprob_grad_inplace(
-    logits: Tensor,
+def _grad_inplace(
+    work: Tensor,
     targets: Tensor,
     lse: Tensor,
     entropy: Optional[Tensor],
@@ -89,35 +86,25 @@ def logprob_grad_inplace(
     grad_entropy: Optional[Tensor],
     scale: float,
 ) -> None:
-    """Overwrite `logits` [C, V] with dL/dlogits given the upstream grads of the forward outputs.
-
-    A missing (None) upstream grad counts as zero; `entropy` is needed only with `grad_entropy`.
-    """
-    acc = accumulation_dtype(logits.dtype)
-    # fp32 logits are worked on in place; low-precision ones go through one fp32 temporary.
-    work = logits if logits.dtype == acc else logits.to(acc)
+    """Turn the logits in `work` [C, V] into dL/dlogits, in place."""
     if scale != 1.0:
         work.mul_(scale)
-    work.sub_(lse.unsqueeze(-1))  # work = log p over the vocabulary
+    work.sub_(lse.unsqueeze(1))  # work = log p over the vocabulary
     row_coef = _row_coefficient(lse, grad_logp, grad_lse)  # [C]: coefficient of p in the gradient
     if grad_entropy is not None:
         if entropy is None:
             raise ValueError("logprob_grad_inplace: grad_entropy needs the forward entropy")
-        probs = torch.exp(work)
-        # p·(row_coef - g_H·(log p + H)) written as (row_coef - g_H·H) + (-g_H)·log p, one pass.
-        torch.addcmul(
-            (row_coef - grad_entropy * entropy).unsqueeze(-1), work, (-grad_entropy).unsqueeze(-1), out=work
-        )
+        probs = torch.exp(work)  # p and log p are both needed: the one extra buffer of this case
+        # p·(row_coef - g_H·(log p + H)) as (row_coef - g_H·H) + (-g_H)·log p, one pass, then · p
+        torch.addcmul((row_coef - grad_entropy * entropy).unsqueeze(1), work, (-grad_entropy).unsqueeze(1), out=work)
         work.mul_(probs)
     else:
-        work.exp_().mul_(row_coef.unsqueeze(-1))
+        work.exp_().mul_(row_coef.unsqueeze(1))
     if grad_logp is not None:
         rows = torch.arange(work.shape[0], device=work.device)
-        work[rows, targets] += grad_logp.to(acc)
+        work[rows, targets] += grad_logp.to(work.dtype)
     if scale != 1.0:
         work.mul_(scale)
-    if work is not logits:
-        logits.copy_(work)
 
 
 def _row_coefficient(lse: Tensor, grad_logp: Optional[Tensor], grad_lse: Optional[Tensor]) -> Tensor:
@@ -130,8 +117,67 @@ def _row_coefficient(lse: Tensor, grad_logp: Optional[Tensor], grad_lse: Optiona
     return coef
 
 
-@logprob_grad_inplace.register_fake
-def _(
+def _stat_outputs_fake(logits: Tensor, compute_entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
+    acc = accumulation_dtype(logits.dtype)
+    rows = logits.shape[0]
+    stat = logits.new_empty(rows, dtype=acc)
+    return stat, torch.empty_like(stat), logits.new_empty(rows if compute_entropy else 0, dtype=acc)
+
+
+# --------------------------------------------------------------------------------------------
+# forward ops
+
+
+@torch.library.custom_op("rlpost::token_logprob_entropy", mutates_args=())
+def token_logprob_entropy(
+    logits: Tensor, targets: Tensor, scale: float, compute_entropy: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """[C, V] logits, [C] targets -> logp [C], lse [C], entropy [C] (or [0]), all fp32 (fp64 for fp64)."""
+    acc = accumulation_dtype(logits.dtype)
+    work = logits.clone() if logits.dtype == acc else logits.to(acc)  # private scratch
+    return _stats_inplace(work, targets, scale, compute_entropy)
+
+
+@token_logprob_entropy.register_fake
+def _(logits: Tensor, targets: Tensor, scale: float, compute_entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _stat_outputs_fake(logits, compute_entropy)
+
+
+@token_logprob_entropy.register_kernel("cuda")
+def _(logits: Tensor, targets: Tensor, scale: float, compute_entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
+    from rlpost.ops import triton_kernels
+
+    return triton_kernels.logprob_entropy_forward(logits, targets, scale, compute_entropy)
+
+
+@torch.library.custom_op("rlpost::token_logprob_entropy_scratch", mutates_args=("logits", "workspace"))
+def token_logprob_entropy_scratch(
+    logits: Tensor, targets: Tensor, scale: float, compute_entropy: bool, workspace: Optional[Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`token_logprob_entropy` that may overwrite `logits` and `workspace` (fp32 [>= C, V], used for
+    low-precision logits; None allocates one)."""
+    return _stats_inplace(_work_buffer(logits, workspace), targets, scale, compute_entropy)
+
+
+@token_logprob_entropy_scratch.register_fake
+def _(logits, targets, scale, compute_entropy, workspace):
+    return _stat_outputs_fake(logits, compute_entropy)
+
+
+@token_logprob_entropy_scratch.register_kernel("cuda")
+def _(logits, targets, scale, compute_entropy, workspace):
+    from rlpost.ops import triton_kernels
+
+    # one pass over the logits, in registers: no scratch needed
+    return triton_kernels.logprob_entropy_forward(logits, targets, scale, compute_entropy)
+
+
+# --------------------------------------------------------------------------------------------
+# backward op (in place)
+
+
+@torch.library.custom_op("rlpost::logprob_grad_inplace", mutates_args=("logits", "workspace"))
+def logprob_grad_inplace(
     logits: Tensor,
     targets: Tensor,
     lse: Tensor,
@@ -140,29 +186,33 @@ def _(
     grad_lse: Optional[Tensor],
     grad_entropy: Optional[Tensor],
     scale: float,
+    workspace: Optional[Tensor],
 ) -> None:
+    """Overwrite `logits` [C, V] with dL/dlogits given the upstream grads of the forward outputs.
+
+    A missing (None) upstream grad counts as zero; `entropy` is needed only with `grad_entropy`.
+    Low-precision logits are worked on in fp32 (in `workspace` if given) and rounded once at the end.
+    """
+    work = _work_buffer(logits, workspace)
+    _grad_inplace(work, targets, lse, entropy, grad_logp, grad_lse, grad_entropy, scale)
+    if work is not logits:
+        logits.copy_(work)
+
+
+@logprob_grad_inplace.register_fake
+def _(logits, targets, lse, entropy, grad_logp, grad_lse, grad_entropy, scale, workspace) -> None:
     return None
 
 
 @logprob_grad_inplace.register_kernel("cuda")
-def _(
-    logits: Tensor,
-    targets: Tensor,
-    lse: Tensor,
-    entropy: Optional[Tensor],
-    grad_logp: Optional[Tensor],
-    grad_lse: Optional[Tensor],
-    grad_entropy: Optional[Tensor],
-    scale: float,
-) -> None:
+def _(logits, targets, lse, entropy, grad_logp, grad_lse, grad_entropy, scale, workspace) -> None:
     from rlpost.ops import triton_kernels
 
     triton_kernels.logprob_entropy_backward_(logits, targets, lse, entropy, grad_logp, grad_lse, grad_entropy, scale)
 
 
 # --------------------------------------------------------------------------------------------
-# autograd of the functional op (standalone use on full logits; the chunked op calls the
-# in-place op itself)
+# autograd of the functional op (standalone use on full logits)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -185,6 +235,7 @@ def _backward(ctx, grad_logp: Optional[Tensor], grad_lse: Optional[Tensor], grad
         grad_lse,
         grad_entropy if ctx.compute_entropy else None,
         ctx.scale,
+        None,
     )
     return grad, None, None, None
 

@@ -93,10 +93,11 @@ def _common_dtype(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[
     return cast(hidden), cast(weight), cast(bias)
 
 
-class _ChunkLogits:
-    """Computes chunks of (hidden @ weight.T + bias) / temperature into one reused buffer.
+class _ChunkBuffers:
+    """Computes chunks of (hidden @ weight.T + bias) / temperature into one reused buffer, plus the
+    fp32 workspace the chunk ops need for bf16/fp16 logits.
 
-    Reusing the buffer matters on the CPU: a fresh 200 MB tensor per chunk costs page faults
+    Reusing the buffers matters on the CPU: a fresh 200 MB tensor per chunk costs page faults
     comparable to the softmax itself. The temperature is folded into the matmul (alpha/beta).
     """
 
@@ -106,10 +107,13 @@ class _ChunkLogits:
         # addmm with beta=0 ignores its input: a 0-dim zero stands in for a missing bias.
         self.bias = bias if bias is not None else weight.new_zeros(())
         self.beta = self.inv_temperature if bias is not None else 0.0
-        self.buffer = weight.new_empty(min(chunk_size, rows), weight.shape[0])
+        shape = (min(chunk_size, rows), weight.shape[0])
+        self.logits = weight.new_empty(shape)
+        acc = accumulation_dtype(weight.dtype)
+        self.workspace = None if weight.dtype == acc else weight.new_empty(shape, dtype=acc)
 
-    def __call__(self, hidden_chunk: Tensor) -> Tensor:
-        out = self.buffer[: hidden_chunk.shape[0]]
+    def logits_of(self, hidden_chunk: Tensor) -> Tensor:
+        out = self.logits[: hidden_chunk.shape[0]]
         return torch.addmm(
             self.bias, hidden_chunk, self.weight_t, beta=self.beta, alpha=self.inv_temperature, out=out
         )
@@ -134,11 +138,11 @@ class _FusedLinearLogprob(torch.autograd.Function):
         lse = torch.empty_like(logp)
         entropy = torch.empty_like(logp) if compute_entropy else logp.new_empty(0)
         if rows:
-            chunk_logits = _ChunkLogits(weight, bias, temperature, chunk_size, rows)
+            buffers = _ChunkBuffers(weight, bias, temperature, chunk_size, rows)
             for part in _chunks(rows, chunk_size):
-                logits = chunk_logits(hidden[part])
-                chunk_logp, chunk_lse, chunk_entropy = torch.ops.rlpost.token_logprob_entropy(
-                    logits, targets[part], 1.0, compute_entropy
+                logits = buffers.logits_of(hidden[part])
+                chunk_logp, chunk_lse, chunk_entropy = torch.ops.rlpost.token_logprob_entropy_scratch(
+                    logits, targets[part], 1.0, compute_entropy, buffers.workspace
                 )
                 logp[part], lse[part] = chunk_logp, chunk_lse
                 if compute_entropy:
@@ -170,13 +174,14 @@ class _FusedLinearLogprob(torch.autograd.Function):
         # grad_weight sums over all tokens: accumulate in fp32 even for bf16 weights.
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
         grad_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_bias else None
+        weight_grad_chunk = _MatmulAccumulator(grad_weight) if need_weight else None
         inv_t = 1.0 / ctx.temperature
-        chunk_logits = _ChunkLogits(weight, bias, ctx.temperature, ctx.chunk_size, rows)
+        buffers = _ChunkBuffers(weight, bias, ctx.temperature, ctx.chunk_size, rows)
         for part in _chunks(rows, ctx.chunk_size):
             hidden_chunk = hidden[part]
             # Buffer -> dL/d(scaled logits) in place; the 1/temperature of the chain rule is
             # applied by the matmuls' alpha below.
-            grad_logits = chunk_logits(hidden_chunk)
+            grad_logits = buffers.logits_of(hidden_chunk)
             torch.ops.rlpost.logprob_grad_inplace(
                 grad_logits,
                 targets[part],
@@ -186,12 +191,13 @@ class _FusedLinearLogprob(torch.autograd.Function):
                 None,
                 grad_entropy[part] if grad_entropy is not None else None,
                 1.0,
+                buffers.workspace,
             )
             if need_hidden:
                 torch.mm(grad_logits, weight, out=grad_hidden[part])
                 grad_hidden[part] *= inv_t
             if need_weight:
-                _accumulate_matmul(grad_weight, grad_logits.t(), hidden_chunk, inv_t)
+                weight_grad_chunk.add(grad_logits.t(), hidden_chunk, inv_t)
             if need_bias:
                 grad_bias.add_(grad_logits.sum(dim=0, dtype=acc), alpha=inv_t)
         return (
@@ -205,12 +211,30 @@ class _FusedLinearLogprob(torch.autograd.Function):
         )
 
 
-def _accumulate_matmul(acc: Tensor, a: Tensor, b: Tensor, alpha: float) -> None:
-    """acc += alpha · (a @ b), with acc possibly fp32 while a, b are bf16."""
-    if acc.dtype == a.dtype:
-        acc.addmm_(a, b, alpha=alpha)
-    else:
-        acc.add_(torch.mm(a, b), alpha=alpha)
+class _MatmulAccumulator:
+    """acc += alpha · (a @ b) for an fp32 `acc` and a, b possibly bf16.
+
+    Same dtype: one in-place addmm. Otherwise the bf16 product goes to a reused bf16 buffer and is
+    added in row blocks through a small fp32 temporary: mixed-dtype elementwise ops are several
+    times slower than a conversion plus a same-dtype add on the CPU.
+    """
+
+    BLOCK_ROWS = 4096
+
+    def __init__(self, acc: Tensor):
+        self.acc = acc
+        self.product: Tensor | None = None
+
+    def add(self, a: Tensor, b: Tensor, alpha: float) -> None:
+        if a.dtype == self.acc.dtype:
+            self.acc.addmm_(a, b, alpha=alpha)
+            return
+        if self.product is None:
+            self.product = torch.empty(self.acc.shape, dtype=a.dtype, device=a.device)
+        torch.mm(a, b, out=self.product)
+        for start in range(0, self.acc.shape[0], self.BLOCK_ROWS):
+            rows = slice(start, start + self.BLOCK_ROWS)
+            self.acc[rows].add_(self.product[rows].to(self.acc.dtype), alpha=alpha)
 
 
 def _zero_grads(hidden, weight, bias, need_hidden, need_weight, need_bias):

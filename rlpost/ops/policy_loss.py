@@ -5,7 +5,7 @@
   kl = `rlpost.objectives.core.kl_penalty(logp, ref_logp, kl_estimator)`   (§0.2)
 
 The CPU (default) implementation *is* those objective functions (forward), and their vector-Jacobian
-product through `torch.func.vjp` (backward): the math lives in one place. On CUDA one Triton
+product through `torch.func.vjp` (backward, in the autograd formula): the math lives in one place. On CUDA one Triton
 kernel computes the forward and one the backward (`rlpost.ops.triton_kernels`), without the
 ~10 temporaries of the eager expression. The gradient flows to `logp` only: old/ref log-probs,
 advantages and the mask are constants of the loss.
@@ -123,7 +123,7 @@ def _(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, c
 
 
 # --------------------------------------------------------------------------------------------
-# backward op
+# backward: a CUDA-only op (Triton); elsewhere the autograd formula differentiates the eager code
 
 
 @torch.library.custom_op("rlpost::policy_loss_backward", mutates_args=())
@@ -141,17 +141,9 @@ def _policy_loss_backward_op(
     kl_coef: float,
     kl_estimator: str,
 ) -> Tensor:
-    """dL/dlogp = grad_loss · d loss/d logp, elementwise."""
-
-    # Autograd is switched off below the dispatcher's autograd layer, where op kernels run;
-    # torch.func.vjp brings its own, so the objectives' eager code is differentiated as is.
-    def loss_of(x: Tensor) -> Tensor:
-        return policy_loss_reference(
-            x, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef, kl_estimator
-        )
-
-    _, vjp = torch.func.vjp(loss_of, logp)
-    return vjp(grad_loss)[0]
+    """dL/dlogp = grad_loss · dloss/dlogp, elementwise. Only the CUDA kernel exists: on other devices
+    the autograd formula below takes the vjp of the eager objectives code instead."""
+    raise NotImplementedError(f"rlpost::policy_loss_backward has no kernel for {logp.device.type} tensors")
 
 
 @_policy_loss_backward_op.register_fake
@@ -169,10 +161,6 @@ def _(grad_loss, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high
     )
 
 
-# --------------------------------------------------------------------------------------------
-# autograd
-
-
 def _setup_context(ctx, inputs, output) -> None:
     logp, old_logp, advantages, mask, ref_logp, *options = inputs
     ctx.save_for_backward(logp, old_logp, advantages, mask, ref_logp)
@@ -183,9 +171,17 @@ def _backward(ctx, grad_loss: Tensor):
     logp, old_logp, advantages, mask, ref_logp = ctx.saved_tensors
     grad_logp = None
     if ctx.needs_input_grad[0]:
-        grad_logp = torch.ops.rlpost.policy_loss_backward(
-            grad_loss, logp, old_logp, advantages, mask, ref_logp, *ctx.options
-        )
+        if logp.device.type == "cuda":
+            grad_logp = torch.ops.rlpost.policy_loss_backward(
+                grad_loss, logp, old_logp, advantages, mask, ref_logp, *ctx.options
+            )
+        else:
+            # vjp here, at the autograd level: inside an op kernel autograd is switched off, and
+            # torch.func there breaks under dispatch modes (flop counters, schema checks).
+            def loss_of(x: Tensor) -> Tensor:
+                return policy_loss_reference(x, old_logp, advantages, mask, ref_logp, *ctx.options)
+
+            grad_logp = torch.func.vjp(loss_of, logp)[1](grad_loss)[0]
     return (grad_logp,) + (None,) * 10
 
 

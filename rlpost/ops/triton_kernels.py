@@ -64,7 +64,8 @@ def _logprob_entropy_fwd_kernel(
         e = tl.exp(z - m_new)
         s = s * rescale + tl.sum(e, axis=0)
         if COMPUTE_ENTROPY:
-            sz = sz * rescale + tl.sum(tl.where(valid, e * z, 0.0), axis=0)
+            # masked lanes hold z = -inf and e = 0: zero z there rather than form 0·inf
+            sz = sz * rescale + tl.sum(e * tl.where(valid, z, 0.0), axis=0)
         m = m_new
     lse = m + tl.log(s)
     target = tl.load(targets_ptr + row)
@@ -127,9 +128,10 @@ def _rows_contiguous(logits: Tensor) -> None:
 
 
 def logprob_entropy_forward(
-    logits: Tensor, targets: Tensor, scale: float, compute_entropy: bool
+    logits: Tensor, targets: Tensor, scale: float, compute_entropy: bool, block_v: Optional[int] = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Triton twin of `rlpost::token_logprob_entropy` (fp32 statistics)."""
+    """Triton twin of `rlpost::token_logprob_entropy` (fp32 statistics). `block_v`: vocabulary tile
+    (a power of 2; default min(4096, next power of 2 of V)), small in tests to exercise the tiling."""
     _rows_contiguous(logits)
     rows, vocab = logits.shape
     logp = torch.empty(rows, dtype=torch.float32, device=logits.device)
@@ -138,7 +140,7 @@ def logprob_entropy_forward(
     if rows:
         _logprob_entropy_fwd_kernel[(rows,)](
             logits, logits.stride(0), targets.contiguous(), logp, lse, entropy if compute_entropy else logp,
-            vocab, float(scale), COMPUTE_ENTROPY=compute_entropy, BLOCK_V=_block_v(vocab),
+            vocab, float(scale), COMPUTE_ENTROPY=compute_entropy, BLOCK_V=block_v or _block_v(vocab),
         )
     return logp, lse, entropy
 
@@ -152,6 +154,7 @@ def logprob_entropy_backward_(
     grad_lse: Optional[Tensor],
     grad_entropy: Optional[Tensor],
     scale: float,
+    block_v: Optional[int] = None,
 ) -> None:
     """Triton twin of `rlpost::logprob_grad_inplace`: overwrites `logits` with dL/dlogits."""
     _rows_contiguous(logits)
@@ -165,7 +168,7 @@ def logprob_entropy_backward_(
         logits, logits.stride(0), targets.contiguous(), lse.contiguous().float(), as_f32(entropy),
         as_f32(grad_logp), as_f32(grad_lse), as_f32(grad_entropy), vocab, float(scale),
         HAS_GRAD_LOGP=grad_logp is not None, HAS_GRAD_LSE=grad_lse is not None,
-        HAS_GRAD_ENTROPY=grad_entropy is not None, BLOCK_V=_block_v(vocab),
+        HAS_GRAD_ENTROPY=grad_entropy is not None, BLOCK_V=block_v or _block_v(vocab),
     )
 
 

@@ -51,7 +51,7 @@ def bind_reward(fn: Any, spec: str, kwargs: dict[str, Any] | None = None) -> Bou
     parameters = list(signature.parameters.values())
     positional = [p for p in parameters if p.kind in _POSITIONAL]
     takes_varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
-    unfillable = [p.name for p in positional[2:] if p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is p.empty]
+    unfillable = [p for p in positional[2:] if p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is p.empty]
     if (len(positional) < 2 and not takes_varargs) or unfillable:
         raise RewardFunctionError(
             f"reward {spec!r}: {getattr(fn, '__name__', 'function')}{signature} does not match {SIGNATURE}: it must "

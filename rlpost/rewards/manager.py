@@ -46,7 +46,9 @@ class RewardManager:
         self._rewards = _resolve_all(reward_config.functions)
         self._correct = _correct_index(reward_config.correct_reward, [reward.name for reward in self._rewards])
         self._failures_logged = 0
-        self._pool = WorkerPool([r.worker for r in self._rewards], reward_config.num_workers, reward_config.timeout_seconds)
+        self._pool = WorkerPool(
+            [reward.worker for reward in self._rewards], reward_config.num_workers, reward_config.timeout_seconds
+        )
         # Workers must not outlive a manager that was never closed.
         self._finalizer = weakref.finalize(self, self._pool.close)
 
@@ -159,13 +161,17 @@ def _worker_reward(config: RewardFunctionConfig, name: str) -> WorkerReward:
     if ":" in config.name:
         # Specs are loaded again inside each worker (a file's module cannot be pickled by reference).
         return WorkerReward(name, absolute_spec(config.name), dict(config.kwargs))
+    # A registered function travels by reference (module and name), so the workers must be able to import it.
+    problem = "it is defined in the __main__ script" if getattr(fn, "__module__", None) == "__main__" else None
     try:
         pickle.dumps(fn)
     except Exception as exc:
+        problem = str(exc)
+    if problem:
         raise RewardFunctionError(
-            f"reward {config.name!r}: the registered function cannot be sent to worker processes ({exc}); "
-            "define it at the top level of an importable module"
-        ) from None
+            f"reward {config.name!r}: the registered function cannot be sent to worker processes ({problem}); "
+            "define it at the top level of an importable module, or name it as path/to/file.py:function"
+        )
     return WorkerReward(name, fn, dict(config.kwargs))
 
 
@@ -174,8 +180,8 @@ def _correct_index(correct_reward: str | None, names: list[str]) -> int:
         return 0
     if correct_reward not in names:
         raise RewardFunctionError(
-            f"reward.correct_reward = {correct_reward!r} is not among reward.functions{closest(correct_reward, names)}; "
-            f"functions: {', '.join(names)}"
+            f"reward.correct_reward = {correct_reward!r} is not among reward.functions"
+            f"{closest(correct_reward, names)}; functions: {', '.join(names)}"
         )
     return names.index(correct_reward)
 

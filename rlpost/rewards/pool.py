@@ -66,7 +66,11 @@ class _Worker:
         self.conn.close()
 
     def kill(self) -> None:
-        self.process.kill()
+        """Kill the worker and anything its reward started (the worker leads its own process group)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            self.process.kill()
         self.process.wait()
 
 
@@ -91,6 +95,7 @@ class WorkerPool:
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             env=env,
+            start_new_session=True,  # a process group of its own: killing it also ends what a reward spawned
         )
         theirs.close()  # only the child holds its end now, so its death shows here as end of file
         conn = Connection(ours.detach())
@@ -166,9 +171,12 @@ class WorkerPool:
         elif not alive:
             self._fail_current(slot, results, queue, Outcome("crash", math.nan, _exit_detail(worker)))
         elif worker.pending and time.monotonic() >= worker.deadline:
-            self._fail_current(slot, results, queue, Outcome("timeout", math.nan, f"no result within {self._timeout} s"))
+            timeout = Outcome("timeout", math.nan, f"no result within {self._timeout} s")
+            self._fail_current(slot, results, queue, timeout)
 
-    def _fail_current(self, slot: int, results: list[Outcome | None], queue: deque[list[int]], outcome: Outcome) -> None:
+    def _fail_current(
+        self, slot: int, results: list[Outcome | None], queue: deque[list[int]], outcome: Outcome
+    ) -> None:
         """Score the call the worker was running, requeue the rest of its chunk, and replace the worker."""
         worker = self._workers[slot]
         if worker.pending:

@@ -44,7 +44,7 @@ def load_user_reward(spec: str) -> RewardFn:
         )
     fn = getattr(module, name)
     if not callable(fn):
-        raise RewardFunctionError(f"reward {spec!r}: {name} is a {type(fn).__name__}, not a function")
+        raise RewardFunctionError(f"reward {spec!r}: {name} is not callable (it is a {type(fn).__name__})")
     return fn
 
 

@@ -17,6 +17,8 @@ import os
 import reprlib
 import signal
 import sys
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -120,7 +122,15 @@ def serve(conn: Connection) -> None:
             conn.send(call_reward(bound[reward_index], prompt, completion, row))
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker stuck in a reward never reads the end of file its parent's death leaves: exit anyway."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def main() -> None:
-    # Ctrl-C reaches the whole process group; the parent decides what happens and stops us itself.
+    # The parent decides what a Ctrl-C means, and stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     serve(Connection(int(sys.argv[1])))

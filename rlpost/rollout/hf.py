@@ -130,16 +130,14 @@ class HFEngine(RolloutEngine):
         # One row per completion, prompt-major; generation order sorts rows by prompt length.
         rows = [i for i, n in enumerate(n_per_prompt) for _ in range(n)]
         order = sorted(range(len(rows)), key=lambda r: len(prompts[rows[r]].token_ids))
-        sequences: list[SampledSequence | None] = [None] * len(rows)
+        by_row: dict[int, SampledSequence] = {}
         for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
             batch_rows = order[start : start + self.batch_size]
             batch_prompts = [prompts[rows[r]].token_ids for r in batch_rows]
             outputs = self._generate_batch(batch_prompts, sampling, derive_seed(call_seed, batch_index))
-            for row, seq in zip(batch_rows, outputs, strict=True):
-                sequences[row] = seq
-        return assemble_groups(
-            prompts, n_per_prompt, sequences, self.tokenizer, self.stop_ids, self.policy_version  # type: ignore[arg-type]
-        )
+            by_row.update(zip(batch_rows, outputs, strict=True))
+        sequences = [by_row[row] for row in range(len(rows))]
+        return assemble_groups(prompts, n_per_prompt, sequences, self.tokenizer, self.stop_ids, self.policy_version)
 
     def _generation_config(self, sampling: SamplingSettings) -> GenerationConfig:
         """Every field generate would otherwise fill from its defaults is set (its default top-k is 50)."""
@@ -196,7 +194,9 @@ class HFEngine(RolloutEngine):
             if target is None:
                 raise KeyError(f"update_weights: {name!r} is not a weight of {self.model_path}")
             if target.shape != tensor.shape:
-                raise ValueError(f"update_weights: {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+                raise ValueError(
+                    f"update_weights: {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
+                )
             target.copy_(tensor)  # copy_ casts dtype and moves device
             loaded += 1
         log.debug("HF engine loaded %d tensors, policy version %d", loaded, version)

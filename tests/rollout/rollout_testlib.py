@@ -51,7 +51,12 @@ def check_groups(groups: list[Group], prompts: list[Prompt], sizes: list[int], m
 
 def perturbed_state_dict(model) -> dict[str, torch.Tensor]:
     """A copy of the weights with every MLP and attention projection scaled: a clearly different policy."""
+    scaled = ("mlp", "self_attn")
     return {
-        name: tensor.detach().float() * 1.1 if ("mlp" in name or "self_attn" in name) else tensor.detach().float().clone()
+        name: tensor.detach().float() * (1.1 if any(part in name for part in scaled) else 1.0)
         for name, tensor in model.state_dict().items()
     }
+
+
+def all_logprobs(groups: list[Group]) -> list[list[float]]:
+    return [c.logprobs for g in groups for c in g.completions]

@@ -26,7 +26,10 @@ from rlpost.types import Prompt
         ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight"),
         ("module.model.norm.weight", "model.norm.weight"),
         ("_orig_mod.model.norm.weight", "model.norm.weight"),
-        ("base_model.model.model.layers.3.self_attn.q_proj.base_layer.weight", "model.layers.3.self_attn.q_proj.weight"),
+        (
+            "base_model.model.model.layers.3.self_attn.q_proj.base_layer.weight",
+            "model.layers.3.self_attn.q_proj.weight",
+        ),
         ("base_model.model.model.layers.3.self_attn.q_proj.lora_A.default.weight", None),
         ("base_model.model.model.layers.3.self_attn.q_proj.lora_B.default.weight", None),
         ("base_model.model.lm_head.modules_to_save.default.weight", "lm_head.weight"),

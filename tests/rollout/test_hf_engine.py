@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rollout_testlib import check_groups, max_logprob_error, perturbed_state_dict, token_ids
+from rollout_testlib import all_logprobs, check_groups, max_logprob_error, perturbed_state_dict, token_ids
 
 from rlpost.config.schema import RolloutConfig
 from rlpost.rollout import build_engine
@@ -13,6 +13,7 @@ from rlpost.rollout.hf import HFEngine
 
 SAMPLED = SamplingSettings(max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=123)
 GREEDY = SamplingSettings(max_new_tokens=12, greedy=True)
+TEACHER_FORCED = SamplingSettings(max_new_tokens=16, temperature=0.7, top_k=20, top_p=0.9, seed=5)
 
 
 def test_groups_have_the_requested_structure(hf_engine, prompts, tokenizer) -> None:
@@ -25,7 +26,7 @@ def test_groups_have_the_requested_structure(hf_engine, prompts, tokenizer) -> N
 def test_logprobs_equal_a_teacher_forced_forward(hf_engine, prompts) -> None:
     """Raw log-probs (before temperature and top-k/p) from padded batched generation match an unpadded forward."""
     # batch_size 4 for 6 rows: two batches, each mixing prompt lengths, i.e. with left padding.
-    groups = hf_engine.generate(prompts, [2, 2, 2], SamplingSettings(max_new_tokens=16, temperature=0.7, top_k=20, top_p=0.9, seed=5))
+    groups = hf_engine.generate(prompts, [2, 2, 2], TEACHER_FORCED)
     assert max_logprob_error(hf_engine.model, groups) < 1e-4
 
 
@@ -75,7 +76,8 @@ def test_weight_update_changes_generation_and_restores(hf_engine, prompts) -> No
         for name, tensor in perturbed_state_dict(hf_engine.model).items():
             if name.endswith("q_proj.weight"):
                 peft_style.append(("base_model.model." + name.replace("q_proj.", "q_proj.base_layer."), tensor))
-                peft_style.append(("base_model.model." + name.replace("weight", "lora_A.default.weight"), torch.zeros(4, 4)))
+                lora_name = "base_model.model." + name.replace("weight", "lora_A.default.weight")
+                peft_style.append((lora_name, torch.zeros(4, 4)))
             else:
                 peft_style.append(("base_model.model." + name, tensor))
         hf_engine.update_weights(peft_style, version=1)
@@ -87,7 +89,7 @@ def test_weight_update_changes_generation_and_restores(hf_engine, prompts) -> No
         hf_engine.update_weights(original.items(), version=2)
     restored = hf_engine.generate(prompts, [1, 1, 1], GREEDY)
     assert token_ids(restored) == token_ids(baseline)
-    assert [c.logprobs for g in restored for c in g.completions] == [c.logprobs for g in baseline for c in g.completions]
+    assert all_logprobs(restored) == all_logprobs(baseline)
     assert restored[0].completions[0].policy_version == 2
 
 

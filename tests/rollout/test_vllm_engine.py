@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from rollout_testlib import check_groups, max_logprob_error, perturbed_state_dict, token_ids
+from rollout_testlib import all_logprobs, check_groups, max_logprob_error, perturbed_state_dict, token_ids
 
 from rlpost.config.schema import RolloutConfig, VllmConfig
 from rlpost.rollout.base import SamplingSettings
@@ -14,6 +14,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 SAMPLED = SamplingSettings(max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=123)
 GREEDY = SamplingSettings(max_new_tokens=12, greedy=True)
+TEACHER_FORCED = SamplingSettings(max_new_tokens=16, temperature=0.7, top_k=20, top_p=0.9, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_groups_have_the_requested_structure(vllm_engine, prompts, tokenizer) ->
 
 def test_logprobs_match_a_teacher_forced_hf_forward(vllm_engine, hf_engine, prompts) -> None:
     """fp32 vLLM raw log-probs agree with an fp32 HF forward (measured ~4e-5)."""
-    groups = vllm_engine.generate(prompts, [2, 2, 2], SamplingSettings(max_new_tokens=16, temperature=0.7, top_k=20, top_p=0.9, seed=5))
+    groups = vllm_engine.generate(prompts, [2, 2, 2], TEACHER_FORCED)
     assert max_logprob_error(hf_engine.model, groups) < 2e-4
 
 
@@ -98,7 +99,7 @@ def test_weight_update_changes_generation_and_restores(vllm_engine, hf_engine, p
         hf_engine.update_weights(original.items(), version=0)
     restored = vllm_engine.generate(prompts, [1, 1, 1], GREEDY)
     assert token_ids(restored) == token_ids(baseline)
-    assert [c.logprobs for g in restored for c in g.completions] == [c.logprobs for g in baseline for c in g.completions]
+    assert all_logprobs(restored) == all_logprobs(baseline)
     assert vllm_engine.policy_version == 3
 
 

@@ -1,0 +1,378 @@
+"""The Ray actors: rollout workers, learner ranks, reward workers.
+
+Plain classes; `rlpost.runtime.placement` turns them into Ray actors with resources and placement.
+Each sets its environment (threads, DeepSpeed accelerator) before importing torch-heavy modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Any, str, int, int], Any]
+"""(rollout_config, model_path, seed, worker_index) -> RolloutEngine; default: `rlpost.rollout.build_engine`."""
+
+
+def default_engine_factory(rollout_config: Any, model_path: str, seed: int, worker_index: int) -> Any:
+    del worker_index
+    from rlpost.rollout import build_engine
+
+    return build_engine(rollout_config, model_path, seed=seed)
+
+
+def _actor_environment(threads: int | None, device: str) -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if device == "cpu":
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _node() -> dict[str, Any]:
+    import ray
+
+    return {"pid": os.getpid(), "node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id()}
+
+
+def resolve_bind_host(bind_host: str) -> str:
+    """`auto`: this node's Ray IP (multi-node); anything else as given (default loopback)."""
+    if bind_host == "auto":
+        import ray
+
+        return ray.util.get_node_ip_address()
+    return bind_host
+
+
+def free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------- rollout
+
+
+class RolloutWorker:
+    """One rollout engine (`rollout.engine`), generating requests and loading published weights."""
+
+    def __init__(self, index: int, config: Any, model_path: str, seed: int, threads: int | None, device: str,
+                 engine_factory: EngineFactory | None = None):
+        _actor_environment(threads, device)
+        started = time.perf_counter()
+        self.index = index
+        self.config = config
+        self.model_path = model_path
+        self.engine = (engine_factory or default_engine_factory)(config.rollout, model_path, seed, index)
+        self.version = int(getattr(self.engine, "policy_version", 0))
+        self.broadcast = None
+        self.eval_rewards = None
+        self.startup_seconds = time.perf_counter() - started
+        self.asleep = False
+
+    def info(self) -> dict[str, Any]:
+        return {**_node(), "index": self.index, "version": self.version, "startup_seconds": self.startup_seconds,
+                "engine": type(self.engine).__name__}
+
+    def generate(self, unit) -> dict[str, Any]:
+        from rlpost.rollout.base import SamplingSettings
+
+        rollout = self.config.rollout
+        sampling = SamplingSettings(
+            max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
+            top_k=rollout.top_k, seed=unit.seed,
+        )
+        started = time.perf_counter()
+        groups = self.engine.generate(unit.prompts, unit.n_per_prompt, sampling)
+        return {"groups": groups, "version": self.version, "seconds": time.perf_counter() - started}
+
+    def update_weights(self, handle, timeout_seconds: float) -> dict[str, float]:
+        """Load the weights of `handle` (object-store transport)."""
+        from rlpost.runtime.transport import ObjectStoreTransport
+
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout_seconds
+        self.engine.update_weights(ObjectStoreTransport.receive(handle, deadline), version=handle.version)
+        self.version = handle.version
+        return {"version": handle.version, "seconds": time.perf_counter() - started}
+
+    # ---- broadcast transport
+    def join_broadcast(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout: float, tag: str) -> None:
+        from rlpost.runtime.transport import BroadcastGroup
+
+        self.leave_broadcast()
+        self.broadcast = BroadcastGroup(host, port, rank, world_size, backend, timeout, tag)
+
+    def leave_broadcast(self) -> None:
+        if self.broadcast is not None:
+            self.broadcast.close()
+            self.broadcast = None
+
+    def receive_broadcast(self, meta, version: int) -> dict[str, float]:
+        if self.broadcast is None:
+            raise RuntimeError(f"rollout worker {self.index} has no broadcast group")
+        started = time.perf_counter()
+        self.engine.update_weights(self.broadcast.receive(meta), version=version)
+        self.version = version
+        return {"version": version, "seconds": time.perf_counter() - started}
+
+    # ---- colocated placement on GPUs (vLLM sleep mode; not tested on this machine)
+    def release_memory(self) -> bool:
+        llm = getattr(self.engine, "llm", None)
+        import torch
+
+        if llm is None or not torch.cuda.is_available() or not hasattr(llm, "sleep") or self.asleep:
+            return False
+        llm.sleep(level=1)
+        self.asleep = True
+        return True
+
+    def restore_memory(self) -> bool:
+        llm = getattr(self.engine, "llm", None)
+        if not self.asleep or llm is None:
+            return False
+        llm.wake_up()
+        self.asleep = False
+        return True
+
+    # ---- evaluation
+    def evaluate(self, prompts, max_new_tokens: int, num_reward_workers: int) -> dict[str, float]:
+        from rlpost.evaluation import EVAL_REWARDS, evaluate
+        from rlpost.rewards.manager import RewardManager
+
+        if self.eval_rewards is None:
+            self.eval_rewards = RewardManager(EVAL_REWARDS.model_copy(update={"num_workers": num_reward_workers}))
+        result = evaluate(self.engine, prompts, self.eval_rewards, max_new_tokens=max_new_tokens)
+        return {**result.metrics(), "eval/policy_version": float(self.version)}
+
+    def close(self) -> None:
+        if self.eval_rewards is not None:
+            self.eval_rewards.close()
+        self.leave_broadcast()
+        self.engine.close()
+
+
+# ------------------------------------------------------------------------------------- rewards
+
+
+class RewardWorker:
+    """A RewardManager (with its own scoring processes) behind an actor."""
+
+    def __init__(self, reward_config: Any):
+        from rlpost.rewards.manager import RewardManager
+
+        self.manager = RewardManager(reward_config)
+
+    def score(self, groups) -> dict[str, Any]:
+        started = time.perf_counter()
+        metrics = self.manager.score(groups)
+        return {"groups": groups, "metrics": metrics, "seconds": time.perf_counter() - started}
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+# ------------------------------------------------------------------------------------- learner
+
+
+class LearnerRank:
+    """One rank of the learner's torch.distributed group (DeepSpeed data parallel).
+
+    Rank 0 exports the weights. Under ZeRO-3 every rank iterates `named_weights` (each gather is
+    collective) and only rank 0 keeps the tensors.
+    """
+
+    def __init__(self, rank: int, world_size: int, config: Any, model_path: str, threads: int | None, device: str,
+                 bind_host: str):
+        _actor_environment(threads, device)
+        self.rank = rank
+        self.world_size = world_size
+        self.config = config
+        self.model_path = model_path
+        self.device = device
+        self.bind_host = resolve_bind_host(bind_host)
+        self.learner = None
+        self.objective = None
+        self.broadcast = None
+        self.meta = None
+
+    def info(self) -> dict[str, Any]:
+        return {**_node(), "rank": self.rank}
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0: the (address, port) of the group's rendezvous, bound to `cluster.bind_host`."""
+        return self.bind_host, free_port(self.bind_host)
+
+    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        from rlpost.learner.learner import Learner
+        from rlpost.objectives.registry import get_objective
+        from rlpost.runtime.correction import wrap_objective
+
+        config = self.config
+        os.environ.update(
+            RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
+            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
+        )
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.set_device(0)  # Ray gives each rank one GPU (CUDA_VISIBLE_DEVICES)
+        inner = get_objective(config.objective.name)(config.objective, config.rollout.max_new_tokens)
+        self.objective = wrap_objective(inner, config.cluster.is_mode(config.objective.name), config.cluster.is_cap)
+        started = time.perf_counter()
+        self.learner = Learner(config, self.model_path, self.objective, total_steps=config.train.steps)
+        return {"seconds": time.perf_counter() - started}
+
+    def _zero3(self) -> bool:
+        return self.config.learner.backend == "deepspeed" and self.config.learner.zero_stage == 3
+
+    def _exporting(self) -> bool:
+        return self.rank == 0 or self._zero3()
+
+    def _weights(self) -> Iterator:
+        """Rank 0: the (name, tensor) pairs. Other ranks under ZeRO-3: take part in the gathers."""
+        if self.rank == 0:
+            yield from self.learner.named_weights()
+        elif self._zero3():
+            for _ in self.learner.named_weights():
+                pass
+
+    def _wire_dtype(self):
+        from rlpost.runtime.transport import DTYPES
+
+        choice = self.config.cluster.sync_dtype
+        return DTYPES[self.config.rollout.dtype if choice == "auto" else choice]
+
+    def train(self, batch, targets, publish_version: int | None) -> dict[str, Any]:
+        """One optimizer step on this rank's shard; then (object-store transport) publish the new weights."""
+        started = time.perf_counter()
+        metrics = self.learner.train_step(batch, targets)
+        is_stats = self.objective.take_stats() if hasattr(self.objective, "take_stats") else None
+        train_seconds = time.perf_counter() - started
+        handle = self.publish(publish_version) if publish_version is not None else None
+        return {"metrics": metrics, "is_stats": is_stats, "seconds": train_seconds, "handle": handle}
+
+    def publish(self, version: int):
+        """Object-store transport: export the weights; rank 0 returns the handle."""
+        if not self._exporting():
+            return None
+        from rlpost.runtime.transport import ObjectStoreTransport
+
+        handle = ObjectStoreTransport.publish(
+            self._weights(), version, self._wire_dtype(), self.config.cluster.sync_bucket_mb * 2**20
+        )
+        return handle if self.rank == 0 else None
+
+    # ---- broadcast transport
+    def broadcast_rendezvous(self) -> tuple[str, int]:
+        return self.bind_host, free_port(self.bind_host)
+
+    def join_broadcast(self, host: str, port: int, world_size: int, backend: str, timeout: float, tag: str) -> None:
+        """Rank 0 joins as the root of the weight group; other ranks have nothing to join."""
+        if self.rank != 0:
+            return
+        from rlpost.runtime.transport import BroadcastGroup
+
+        self.leave_broadcast()
+        self.broadcast = BroadcastGroup(host, port, 0, world_size, backend, timeout, tag)
+
+    def leave_broadcast(self) -> None:
+        if self.broadcast is not None:
+            self.broadcast.close()
+            self.broadcast = None
+
+    def weight_meta(self):
+        from rlpost.runtime.transport import weight_meta
+
+        if self.meta is None:
+            meta = weight_meta(self._weights(), self._wire_dtype())
+            self.meta = meta if self.rank == 0 else []
+        return self.meta if self.rank == 0 else None
+
+    def broadcast_weights(self) -> dict[str, float]:
+        started = time.perf_counter()
+        if self.rank == 0:
+            if self.broadcast is None:
+                raise RuntimeError("learner rank 0 has no broadcast group")
+            count, nbytes = self.broadcast.send(self._weights(), self._wire_dtype())
+        else:
+            for _ in self._weights():
+                pass
+            count = nbytes = 0
+        return {"tensors": count, "bytes": nbytes, "seconds": time.perf_counter() - started}
+
+    # ---- checkpoints and export
+    def save_state(self, folder: str) -> None:
+        """Rank 0 writes (all ranks under ZeRO >= 1, whose DeepSpeed checkpoint is per rank)."""
+        zero = self.config.learner.backend == "deepspeed" and self.config.learner.zero_stage > 0
+        if self.rank == 0 or zero:
+            self.learner.save_state(Path(folder))
+
+    def load_state(self, folder: str) -> None:
+        self.learner.load_state(Path(folder))
+
+    def objective_state(self) -> dict:
+        return self.objective.state_dict()
+
+    def load_objective_state(self, state: dict) -> None:
+        self.objective.load_state_dict(state)
+
+    def steps_taken(self) -> int:
+        return self.learner.steps_taken
+
+    def weights_checksum(self) -> float:
+        """Sum of |w| over every policy weight: equal on every rank when data parallelism works."""
+        total = 0.0
+        for _, tensor in self.learner.named_weights():
+            total += float(tensor.double().abs().sum())
+        return total
+
+    def export_hf(self, folder: str) -> None:
+        if self.rank == 0:
+            from transformers import AutoTokenizer
+
+            self.learner.export_hf(Path(folder), AutoTokenizer.from_pretrained(self.model_path))
+        elif self._zero3():
+            for _ in self.learner.named_weights():
+                pass
+
+    def close(self) -> None:
+        self.leave_broadcast()
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def combine_learner_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One step's learner metrics from every rank's.
+
+    The objectives' loss metrics and `actor/loss` are additive shares of the global step (normalised
+    by the all-reduced `StepScale`): they are summed over ranks. The gradient norm and learning rate
+    are global (rank 0's); the learning-rate-scale metrics (VCPO's `staleness/*`) are local estimates:
+    averaged.
+    """
+    if len(per_rank) == 1:
+        return dict(per_rank[0])
+    combined: dict[str, float] = {}
+    for key in per_rank[0]:
+        values = [metrics.get(key, 0.0) for metrics in per_rank]
+        if key in ("actor/grad_norm", "actor/lr"):
+            combined[key] = values[0]
+        elif key.startswith("staleness/"):
+            combined[key] = sum(values) / len(values)
+        else:
+            combined[key] = math.fsum(values)
+    return combined

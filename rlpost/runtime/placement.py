@@ -1,0 +1,168 @@
+"""Connecting to Ray, placement groups, and creating the actors with their resources.
+
+`split`: one placement group of learner bundles (one per rank: `learner_cpus` CPUs, one GPU on
+GPUs, plus `learner_resources`) and one of rollout bundles (one per worker: `rollout_cpus`,
+`tensor_parallel_size` GPUs, plus `rollout_resources`). `colocated`: one group of bundles, bundle i
+holding learner rank i and rollout worker i, which split its GPU (0.5 each). Reward actors need
+only `reward_cpus` and go wherever Ray finds room.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rlpost.config.cluster import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+PLACEMENT_WAIT_SECONDS = 600.0
+
+ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+"""Set in every actor before torch starts: busy-waiting OpenMP threads slow a shared CPU 10x."""
+
+
+class PlacementError(RuntimeError):
+    """The cluster cannot host the actors the `cluster:` section asks for."""
+
+
+def connect(cluster: ClusterConfig) -> bool:
+    """Start a private local Ray instance, or join `cluster.address`; True if this call started Ray.
+
+    If Ray is already initialised in this process (a test's `ray.cluster_utils.Cluster`, a notebook),
+    that connection is used as it is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = dict(ACTOR_ENV)
+    runtime_env = {"env_vars": env}
+    if cluster.address:
+        ray.init(address=cluster.address, runtime_env=runtime_env, log_to_driver=True)
+        return True
+    kwargs: dict[str, Any] = {
+        "include_dashboard": cluster.dashboard,
+        "dashboard_host": cluster.dashboard_host,
+        "runtime_env": runtime_env,
+    }
+    if cluster.num_cpus is not None:
+        kwargs["num_cpus"] = cluster.num_cpus
+    if cluster.num_gpus is not None:
+        kwargs["num_gpus"] = cluster.num_gpus
+    if cluster.object_store_memory_gib is not None:
+        kwargs["object_store_memory"] = int(cluster.object_store_memory_gib * 2**30)
+    # Without an address ray.init would join a cluster found via RAY_ADDRESS or a running `ray start`;
+    # "local" always starts a private instance.
+    ray.init(address="local", **kwargs)
+    return True
+
+
+def resolve_device(cluster: ClusterConfig) -> str:
+    import ray
+
+    if cluster.device != "auto":
+        return cluster.device
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def actor_threads(cluster: ClusterConfig, cpus: float) -> int:
+    return cluster.threads_per_actor or max(1, math.ceil(cpus))
+
+
+@dataclass
+class Layout:
+    """Where each actor goes: (placement group, bundle index) and what it requests inside it."""
+
+    learner_groups: list[tuple[Any, int]]
+    rollout_groups: list[tuple[Any, int]]
+    learner_gpus: float
+    rollout_gpus: float
+    groups: list[Any]
+
+
+def _bundle(cpus: float, gpus: float, extra: dict[str, float]) -> dict[str, float]:
+    bundle = {"CPU": cpus, **extra}
+    if gpus:
+        bundle["GPU"] = gpus
+    return bundle
+
+
+def _wait_ready(group: Any, name: str, bundles: list[dict[str, float]]) -> None:
+    import ray
+
+    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_WAIT_SECONDS)
+    if not ready:
+        raise PlacementError(
+            f"the {name} placement group ({len(bundles)} x {bundles[0]}) could not be placed within "
+            f"{PLACEMENT_WAIT_SECONDS:.0f} s; the cluster has {ray.cluster_resources()}. Lower cluster.*_cpus, "
+            "the worker/rank counts, or add nodes"
+        )
+
+
+def make_layout(cluster: ClusterConfig, tensor_parallel_size: int, device: str) -> Layout:
+    from ray.util.placement_group import placement_group
+
+    gpu = device == "cuda"
+    if cluster.placement == "split":
+        learner_bundles = [_bundle(cluster.learner_cpus, 1 if gpu else 0, cluster.learner_resources)] * cluster.learner_ranks
+        rollout_bundles = [_bundle(cluster.rollout_cpus, tensor_parallel_size if gpu else 0, cluster.rollout_resources)] * cluster.num_rollout_workers
+        learner_pg = placement_group(learner_bundles, strategy=cluster.placement_strategy)
+        rollout_pg = placement_group(rollout_bundles, strategy=cluster.placement_strategy)
+        _wait_ready(learner_pg, "learner", learner_bundles)
+        _wait_ready(rollout_pg, "rollout", rollout_bundles)
+        return Layout(
+            learner_groups=[(learner_pg, i) for i in range(cluster.learner_ranks)],
+            rollout_groups=[(rollout_pg, i) for i in range(cluster.num_rollout_workers)],
+            learner_gpus=1 if gpu else 0,
+            rollout_gpus=tensor_parallel_size if gpu else 0,
+            groups=[learner_pg, rollout_pg],
+        )
+    if gpu and tensor_parallel_size != 1:
+        raise PlacementError("cluster.placement: colocated needs rollout.vllm.tensor_parallel_size: 1 (one GPU per bundle)")
+    extra = {**cluster.learner_resources, **cluster.rollout_resources}
+    bundles = [_bundle(cluster.learner_cpus + cluster.rollout_cpus, 1 if gpu else 0, extra)] * cluster.learner_ranks
+    group = placement_group(bundles, strategy=cluster.placement_strategy)
+    _wait_ready(group, "colocated", bundles)
+    return Layout(
+        learner_groups=[(group, i) for i in range(cluster.learner_ranks)],
+        rollout_groups=[(group, i) for i in range(cluster.num_rollout_workers)],
+        learner_gpus=0.5 if gpu else 0,
+        rollout_gpus=0.5 if gpu else 0,
+        groups=[group],
+    )
+
+
+def actor_options(group: Any, bundle: int, cpus: float, gpus: float, **extra: Any) -> dict[str, Any]:
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {
+        "num_cpus": cpus,
+        "num_gpus": gpus,
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=bundle, placement_group_capture_child_tasks=True
+        ),
+        **extra,
+    }
+
+
+def remove_layout(layout: Layout | None) -> None:
+    if layout is None:
+        return
+    from ray.util.placement_group import remove_placement_group
+
+    for group in layout.groups:
+        try:
+            remove_placement_group(group)
+        except Exception:  # noqa: BLE001 - best effort on shutdown
+            log.debug("could not remove placement group", exc_info=True)
+
+
+def actor_env(device: str) -> dict[str, str]:
+    env = dict(ACTOR_ENV)
+    if device == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    return {key: os.environ.get(key, value) if key != "DS_ACCELERATOR" else value for key, value in env.items()}

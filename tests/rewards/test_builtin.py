@@ -1,0 +1,93 @@
+"""Built-in rewards (real math-verify) and the registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlpost.rewards import (
+    RewardFunctionError,
+    boxed_format_reward,
+    get_reward_fn,
+    math_verify_reward,
+    register_reward,
+    reward_names,
+)
+from rlpost.rewards.builtin import boxed_contents
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("3 + 4 = 7. The answer is \\boxed{7}.", "7", 1.0),  # boxed, correct
+        ("3 + 4 = 7, so Tom has 7 apples.", "7", 1.0),  # unboxed, correct
+        ("The answer is \\boxed{8}.", "7", 0.0),  # boxed, wrong
+        ("Tom has 8 apples.", "7", 0.0),  # unboxed, wrong
+        ("\\boxed{12.0}", "12", 1.0),  # same number written differently
+        ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+        ("so it is \\boxed{\\sqrt{2}}", "\\sqrt{2}", 1.0),  # a bare LaTeX gold answer
+        ("\\boxed{1024}", "2^{10}", 1.0),
+        ("\\boxed{1000}", "1,000", 1.0),
+        ("\\boxed{-3}", "-3", 1.0),
+        ("\\boxed{5}", "$5$", 1.0),  # gold already in LaTeX delimiters
+        ("", "7", 0.0),
+        ("\\boxed{}", "7", 0.0),
+    ],
+)
+def test_math_verify(completion, answer, expected):
+    assert math_verify_reward("prompt", completion, answer=answer, question="q") == expected
+
+
+def test_math_verify_takes_the_last_boxed_answer_over_earlier_numbers():
+    assert math_verify_reward("p", "First 3 + 4 = 8? No: \\boxed{7}", answer="7") == 1.0
+
+
+def test_math_verify_unparseable_gold_raises():
+    with pytest.raises(ValueError, match="cannot parse the gold answer"):
+        math_verify_reward("p", "\\boxed{1}", answer="")
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("The answer is \\boxed{7}.", 1.0),
+        ("\\boxed{\\frac{1}{2}}", 1.0),  # nested braces
+        ("\\boxed{ x }", 1.0),
+        ("The answer is 7.", 0.0),
+        ("\\boxed{}", 0.0),
+        ("\\boxed{   }", 0.0),
+        ("\\boxed{7", 0.0),  # never closed (cut off by the token limit)
+        ("\\boxed{} then \\boxed{3}", 1.0),
+    ],
+)
+def test_boxed_format(completion, expected):
+    assert boxed_format_reward("prompt", completion, answer="7") == expected
+
+
+def test_boxed_contents():
+    assert boxed_contents("a \\boxed{1} b \\boxed{\\frac{2}{3}} c \\boxed{4") == ["1", "\\frac{2}{3}"]
+
+
+def test_registry_built_ins_and_unknown_names():
+    assert {"math_verify", "boxed_format"} <= set(reward_names())
+    assert get_reward_fn("math_verify") is math_verify_reward
+    assert get_reward_fn("boxed_format") is boxed_format_reward
+    with pytest.raises(RewardFunctionError, match=r"unknown reward 'math_verfy' \(did you mean 'math_verify'\?\)"):
+        get_reward_fn("math_verfy")
+
+
+def exact_answer(prompt: str, completion: str, *, answer: str, **row_fields) -> float:
+    return float(completion.strip() == answer)
+
+
+def other_function(prompt: str, completion: str, **row_fields) -> float:
+    return 0.0
+
+
+def test_register_reward():
+    assert register_reward("test_exact_answer")(exact_answer) is exact_answer
+    assert get_reward_fn("test_exact_answer") is exact_answer
+    assert register_reward("test_exact_answer")(exact_answer) is exact_answer  # re-registering the same is fine
+    with pytest.raises(ValueError, match="already registered"):
+        register_reward("test_exact_answer")(other_function)
+    with pytest.raises(ValueError, match="may not contain ':'"):
+        register_reward("a:b")

@@ -1,0 +1,136 @@
+"""Pieces the runtime tests hand to Ray actors (importable by the workers as `tests.runtime.helpers`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from rlpost.rollout.base import RolloutEngine, SamplingSettings
+from rlpost.types import Group, Prompt
+
+
+RUNTIME_DIR = Path(__file__).parent
+
+
+def runtime_config(model_path: str, output_dir: Path, *overrides: str):
+    """A `cluster.runtime: ray` config: 2 prompts x 2 completions x 16 tokens per step, fp32 everywhere."""
+    from rlpost.config import load_config
+
+    base = [
+        f"model.path={model_path}",
+        "data.test=null",
+        "data.arithmetic.train_size=64",
+        "rollout.n=2",
+        "rollout.max_new_tokens=16",
+        "rollout.dtype=float32",
+        "rollout.batch_size=8",
+        "rollout.vllm.kv_cache_space_gib=1",
+        "train.prompts_per_step=2",
+        f"train.output_dir={output_dir}",
+        "train.resume=never",
+        "learner.backend=deepspeed",
+        "learner.mixed_precision='no'",
+        "learner.micro_batch_size=2",
+        "optimizer.lr=5e-5",
+        "logging.tensorboard=false",
+        "logging.progress_bar=false",
+        "checkpoint.every_steps=0",
+        "checkpoint.export_final=false",
+        "reward.num_workers=1",
+        # math_verify is the real reward; the length term gives every group reward spread, so a
+        # 16-token run always has a policy gradient and the weights really change.
+        f"reward.functions=[{{name: math_verify}}, {{name: '{RUNTIME_DIR / 'rewards.py'}:text_length_reward'}}]",
+        "cluster.runtime=ray",
+        "cluster.num_cpus=2",
+        "cluster.object_store_memory_gib=1.5",
+        "cluster.rollout_cpus=0.5",
+        "cluster.learner_cpus=0.5",
+        "cluster.reward_cpus=0.25",
+        "cluster.sync_timeout_seconds=300",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
+class SlowEngine(RolloutEngine):
+    """A real engine whose `generate` takes `delay` seconds longer (an overloaded or slow worker)."""
+
+    def __init__(self, inner: RolloutEngine, delay: float):
+        self.inner = inner
+        self.delay = delay
+        self.policy_version = inner.policy_version
+
+    def generate(self, prompts: list[Prompt], n_per_prompt: list[int], sampling: SamplingSettings) -> list[Group]:
+        time.sleep(self.delay)
+        return self.inner.generate(prompts, n_per_prompt, sampling)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        self.inner.update_weights(named_tensors, version)
+        self.policy_version = version
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class SlowEngineFactory:
+    """Engine factory for `RayTrainer(engine_factory=...)`: worker i's engine is `delays[i]` seconds slower."""
+
+    def __init__(self, delays: dict[int, float]):
+        self.delays = delays
+
+    def __call__(self, rollout_config, model_path: str, seed: int, worker_index: int) -> RolloutEngine:
+        from rlpost.rollout import build_engine
+
+        engine = build_engine(rollout_config, model_path, seed=seed)
+        delay = self.delays.get(worker_index, 0.0)
+        return SlowEngine(engine, delay) if delay else engine
+
+
+class TransportPeer:
+    """An actor on either end of a weight transport."""
+
+    def publish(self, tensors: dict[str, torch.Tensor], version: int, dtype: str | None, bucket_bytes: int):
+        from rlpost.runtime.transport import DTYPES, ObjectStoreTransport
+
+        return ObjectStoreTransport.publish(tensors.items(), version, DTYPES[dtype] if dtype else None, bucket_bytes)
+
+    def receive(self, handle, timeout: float) -> dict[str, torch.Tensor]:
+        from rlpost.runtime.transport import ObjectStoreTransport
+
+        return {name: tensor.clone() for name, tensor in ObjectStoreTransport.receive(handle, time.monotonic() + timeout)}
+
+    def join(self, host: str, port: int, rank: int, world: int, timeout: float) -> None:
+        from rlpost.runtime.transport import BroadcastGroup
+
+        self.group = BroadcastGroup(host, port, rank, world, "gloo", timeout, "test")
+
+    def send(self, tensors: dict[str, torch.Tensor], dtype: str | None) -> tuple[int, int]:
+        from rlpost.runtime.transport import DTYPES
+
+        return self.group.send(tensors.items(), DTYPES[dtype] if dtype else None)
+
+    def receive_broadcast(self, meta) -> dict[str, torch.Tensor]:
+        return dict(self.group.receive(meta))
+
+
+class StuckSyncFactory(SlowEngineFactory):
+    """Worker `stuck`'s engine hangs for `seconds` whenever it loads weights."""
+
+    def __init__(self, stuck: int = 0, seconds: float = 60.0):
+        super().__init__({})
+        self.stuck = stuck
+        self.seconds = seconds
+
+    def __call__(self, rollout_config, model_path: str, seed: int, worker_index: int) -> RolloutEngine:
+        engine = super().__call__(rollout_config, model_path, seed, worker_index)
+        if worker_index == self.stuck:
+            original, seconds = engine.update_weights, self.seconds
+
+            def stuck(named_tensors, version):
+                time.sleep(seconds)
+                original(named_tensors, version)
+
+            engine.update_weights = stuck
+        return engine

@@ -1,0 +1,86 @@
+"""Faults and slow workers, with real engines: a slow engine never breaks the staleness bound, a worker
+killed mid-generation is restarted and its groups regenerated, a stuck weight sync fails naming the engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("deepspeed")
+
+from rlpost.io.metrics import read_metrics  # noqa: E402
+from rlpost.runtime import RayTrainer, RuntimeHooks, WeightSyncError  # noqa: E402
+from tests.runtime.helpers import SlowEngineFactory, StuckSyncFactory, runtime_config  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.deepspeed]
+
+MAX_STALENESS = 1
+STEPS = 4
+SLOW_SECONDS = 3.0
+
+
+class KillSlowWorkerOnce(RuntimeHooks):
+    """SIGKILLs worker 0 one second into its second request (it sleeps SLOW_SECONDS before generating),
+    and records the policy versions of every batch the learner trains on."""
+
+    def __init__(self) -> None:
+        self.dispatches = 0
+        self.killed_pid: int | None = None
+        self.trained: list[tuple[int, list[int]]] = []
+
+    def on_dispatch(self, trainer: RayTrainer, worker: int, unit) -> None:
+        if worker != 0 or unit.kind != "train":
+            return
+        self.dispatches += 1
+        if self.dispatches == 2 and self.killed_pid is None:
+            self.killed_pid = trainer.workers[0].info["pid"]
+            threading.Timer(1.0, os.kill, args=(self.killed_pid, signal.SIGKILL)).start()
+
+    def on_train_start(self, trainer: RayTrainer, step: int) -> None:
+        self.trained.append((step, trainer.training.batch.policy_version.tolist()))
+
+
+@pytest.fixture(scope="module")
+def faulty_run(model_path, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("faults")
+    config = runtime_config(
+        model_path, output_dir, "rollout.engine=hf", f"train.steps={STEPS}", "cluster.num_rollout_workers=2",
+        f"cluster.max_staleness={MAX_STALENESS}",
+    )
+    hooks = KillSlowWorkerOnce()
+    trainer = RayTrainer(config, engine_factory=SlowEngineFactory({0: SLOW_SECONDS}), hooks=hooks)
+    summary = trainer.fit()
+    return hooks, summary, read_metrics(output_dir)
+
+
+def test_slow_engine_never_exceeds_the_staleness_bound(faulty_run) -> None:
+    hooks, summary, records = faulty_run
+    assert [step for step, _ in hooks.trained] == list(range(STEPS))
+    for step, versions in hooks.trained:
+        assert versions, f"batch {step} is empty"
+        assert max(step - v for v in versions) <= MAX_STALENESS, f"batch {step} trained on versions {versions}"
+    assert all(r["async/staleness_max"] <= MAX_STALENESS for r in records)
+    assert summary["run/dropped_groups"] == 0
+
+
+def test_killed_worker_is_restarted_and_its_groups_regenerated(faulty_run) -> None:
+    hooks, summary, records = faulty_run
+    assert hooks.killed_pid is not None
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    # Every step trained on the full batch: the lost request was regenerated, not silently missing.
+    assert all(r["rollout/groups"] == 2 for r in records)
+    assert summary["run/worker_restarts"] >= 1
+    assert summary["run/regenerated_units"] >= 1
+
+
+def test_stuck_weight_sync_fails_with_an_error_naming_the_engine(model_path, tmp_path) -> None:
+    config = runtime_config(model_path, tmp_path, "rollout.engine=hf", "train.steps=2", "cluster.sync_timeout_seconds=5")
+    trainer = RayTrainer(config, engine_factory=StuckSyncFactory(stuck=0, seconds=60))
+    with pytest.raises(WeightSyncError, match=r"version 1 to rollout worker 0 \(HFEngine, pid \d+"):
+        trainer.fit()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]

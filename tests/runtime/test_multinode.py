@@ -1,0 +1,83 @@
+"""Two Ray nodes on this machine (`ray.cluster_utils.Cluster`): the learner on one, the rollout worker on
+the other, weights through the broadcast transport (gloo). The learner is killed mid-run: the run stops
+with the last complete checkpoint intact, and `train.resume: auto` finishes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("deepspeed")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from rlpost.io.checkpoint import complete_checkpoints  # noqa: E402
+from rlpost.io.metrics import read_metrics  # noqa: E402
+from rlpost.runtime import LearnerCrashed, RayTrainer, RuntimeHooks  # noqa: E402
+from tests.runtime.helpers import runtime_config  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.deepspeed]
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"learner_node": 1}, "include_dashboard": False,
+                        "object_store_memory": 300 * 2**20},
+    )
+    cluster.add_node(num_cpus=1, resources={"rollout_node": 1}, object_store_memory=300 * 2**20)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+class Recorder(RuntimeHooks):
+    def __init__(self, kill_at_step: int | None = None) -> None:
+        self.kill_at_step = kill_at_step
+        self.nodes: dict[str, set[str]] = {}
+
+    def on_start(self, trainer: RayTrainer) -> None:
+        self.nodes = {
+            "learner": {info["node_id"] for info in trainer.rank_info},
+            "rollout": {slot.info["node_id"] for slot in trainer.workers},
+        }
+
+    def on_train_start(self, trainer: RayTrainer, step: int) -> None:
+        if step == self.kill_at_step:
+            os.kill(trainer.rank_info[0]["pid"], signal.SIGKILL)
+
+
+def _config(model_path, output_dir, *overrides):
+    return runtime_config(
+        model_path, output_dir, "rollout.engine=hf", "train.steps=3", "checkpoint.every_steps=1",
+        "cluster.sync_transport=nccl", "cluster.learner_resources={learner_node: 0.5}",
+        "cluster.rollout_resources={rollout_node: 0.5}", "cluster.reward_cpus=0.2", *overrides,
+    )
+
+
+def test_learner_and_rollout_on_separate_nodes_train_and_resume_after_a_learner_crash(two_nodes, model_path, tmp_path) -> None:
+    head, worker = two_nodes.head_node.node_id, [n for n in two_nodes.worker_nodes][0].node_id
+
+    crashed = Recorder(kill_at_step=2)
+    with pytest.raises(LearnerCrashed, match="ckpt-00000002"):
+        RayTrainer(_config(model_path, tmp_path), hooks=crashed).fit()
+    assert crashed.nodes == {"learner": {head}, "rollout": {worker}}
+    assert [folder.name for folder in complete_checkpoints(tmp_path / "checkpoints")] == ["ckpt-00000001", "ckpt-00000002"]
+
+    resumed = Recorder()
+    trainer = RayTrainer(_config(model_path, tmp_path, "train.resume=auto"), hooks=resumed)
+    trainer.fit()
+    assert trainer.start_step == 2
+    assert resumed.nodes == {"learner": {head}, "rollout": {worker}}
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[-1]["policy/version"] == 3.0
+    # The engine generated step 3's batch with the resumed learner's weights (broadcast at start-up).
+    assert records[-1]["async/staleness_max"] == 0.0
+    assert complete_checkpoints(tmp_path / "checkpoints")[-1].name == "ckpt-00000003"
