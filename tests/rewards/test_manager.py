@@ -28,12 +28,12 @@ REPO = Path(__file__).resolve().parents[2]
 FAILURE_SCORE = -1.0
 
 MISBEHAVING = """
-import math, os, subprocess, sys, time
+import math, os, subprocess, time
 
 def misbehave(prompt, completion, **row_fields):
     # The completion text says what to do; a plain number is returned as the score.
     if completion.startswith("spawn "):  # start a long child process, note its pid, then hang
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        child = subprocess.Popen(["sleep", "600"])
         with open(completion.split(" ", 1)[1], "w") as handle:
             handle.write(str(child.pid))
         while True:
