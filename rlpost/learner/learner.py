@@ -11,17 +11,20 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlpost.blending.base import BlendPlan, BlendProbe
 from rlpost.config.schema import RLPostConfig
 from rlpost.learner.batch import PolicyTargets, TrainBatch, micro_batches
 from rlpost.learner.distributed import all_reduce_sum, ensure_process_group, world_size
 from rlpost.learner.optim import build_optimizer, build_scheduler
 from rlpost.objectives.base import LossInputs, Objective, StepScale
+from rlpost.objectives.sft import SFTLoss
 from rlpost.ops import model_token_logprobs
 
 log = logging.getLogger(__name__)
@@ -123,9 +126,12 @@ class Learner:
     # ---- forward ----------------------------------------------------------------------------
 
     def token_logprobs(
-        self, model: torch.nn.Module, batch: TrainBatch, compute_entropy: bool
+        self, model: torch.nn.Module, batch: TrainBatch, compute_entropy: bool, temperature: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Response-aligned [N, T] log-probs (and entropy) of `batch` under `model`."""
+        """Response-aligned [N, T] log-probs (and entropy) of `batch` under `model`.
+
+        `temperature`: None uses the rollout temperature (RL ratios); SFT passes 1.0.
+        """
         autocast = self.config.learner.mixed_precision == "bf16"
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
@@ -135,7 +141,7 @@ class Learner:
                 batch.attention_mask,
                 batch.response_index,
                 batch.response_mask,
-                temperature=self.temperature,
+                temperature=self.temperature if temperature is None else temperature,
                 fused=self.config.learner.fused_logprobs,
                 chunk_size=self.config.learner.logprob_chunk_size,
                 compute_entropy=compute_entropy,
@@ -248,6 +254,227 @@ class Learner:
         self.scheduler.step()
         return grad_norm, applied_lr
 
+    # ---- SFT and SFT–RL blending (rlpost.blending) -------------------------------------------
+
+    @property
+    def sft_loss(self) -> SFTLoss:
+        """The SFT loss on demonstrations (`blending.sft`)."""
+        if getattr(self, "_sft_loss", None) is None:
+            self._sft_loss = SFTLoss(self.config.blending.sft.loss_agg)
+        return self._sft_loss
+
+    def sft_step(self, demos: TrainBatch) -> dict[str, float]:
+        """One optimizer step on the SFT loss of the demonstration batch `demos` alone."""
+        metrics, _ = self.blended_step(BlendPlan.sft_only(demos.size), sft_batch=demos)
+        return metrics
+
+    def blended_step(
+        self,
+        plan: BlendPlan,
+        rl_batch: TrainBatch | None = None,
+        rl_targets: PolicyTargets | None = None,
+        sft_batch: TrainBatch | None = None,
+        validation_batch: TrainBatch | None = None,
+        decide: Callable[[BlendProbe], tuple[float, float]] | None = None,
+    ) -> tuple[dict[str, float], BlendProbe]:
+        """One optimizer step on w_rl·L_RL(rl_batch) + w_sft·L_SFT(sft_batch), as `plan` says.
+
+        Only the losses the plan picks are computed and back-propagated: a side without rows, or
+        with weight 0 in a plan that does not defer its weights, is skipped entirely. Each side is
+        micro-batched and normalised over its own whole batch (`StepScale`), so the update does not
+        depend on the micro-batch size. With `plan.defer_weights` both gradients are computed at
+        unit weight, `decide(probe)` returns (w_rl, w_sft), and the gradients are combined before
+        the one clip and optimizer step. With `plan.meta_gradient` (deferred plans only) the
+        gradient of the SFT loss of `validation_batch` is computed first and its dot products with
+        the SFT and RL gradients go into the probe. Returns the metrics and the probe, whose
+        `grad_norm` is the pre-clip norm of the combined gradient.
+        """
+        if self.config.learner.updates_per_batch != 1:
+            raise ValueError("SFT–RL blending needs learner.updates_per_batch = 1")
+        if plan.meta_gradient and not plan.defer_weights:
+            raise ValueError("a meta-gradient plan must defer its weights")
+        if plan.defer_weights:
+            if decide is None:
+                raise ValueError("a plan that defers its weights needs decide()")
+            self.check_gradient_access()
+        self.module.train()
+        use_rl = plan.trains_rl and rl_batch is not None and rl_batch.size > 0
+        use_sft = plan.trains_sft and sft_batch is not None and sft_batch.size > 0
+        if use_rl and rl_targets is None:
+            raise ValueError("the RL side needs the PolicyTargets of its batch")
+        probe = BlendProbe(lr=float(self.optimizer.param_groups[0]["lr"]))
+        val_grads = None
+        if plan.meta_gradient and validation_batch is not None and validation_batch.size > 0:
+            validation = self._accumulate(validation_batch, self.sft_loss, weight=1.0, is_last=False, temperature=1.0)
+            probe.val_loss = validation.loss
+            val_grads = self._take_gradients()
+
+        sft = rl = None
+        sft_grads = None
+        if use_sft:
+            weight = 1.0 if plan.defer_weights else plan.sft_weight
+            sft = self._accumulate(
+                sft_batch, self.sft_loss, weight=weight, is_last=not use_rl, entropy=plan.sft_entropy, temperature=1.0
+            )
+            probe.sft_loss, probe.sft_entropy = sft.loss, sft.entropy
+            if val_grads is not None:
+                probe.val_dot_sft = self._dot_gradients(val_grads)
+            if plan.defer_weights:
+                sft_grads = self._take_gradients()
+        if use_rl:
+            weight = 1.0 if plan.defer_weights else plan.rl_weight
+            rl = self._accumulate(rl_batch, self.objective, weight=weight, is_last=True, entropy=plan.rl_entropy, targets=rl_targets)
+            probe.rl_loss, probe.rl_entropy = rl.loss, rl.entropy
+            probe.kl = rl.metrics.get("actor/kl_loss")
+            if val_grads is not None:
+                probe.val_dot_rl = self._dot_gradients(val_grads)
+
+        if plan.defer_weights:
+            rl_weight, sft_weight = decide(probe)
+            self._combine_gradients(rl_weight if use_rl else 0.0, sft_grads, sft_weight if use_sft else 0.0)
+        else:
+            rl_weight, sft_weight = plan.rl_weight, plan.sft_weight
+        probe.rl_weight = float(rl_weight) if use_rl else 0.0
+        probe.sft_weight = float(sft_weight) if use_sft else 0.0
+        lr_factor, lr_metrics = 1.0, {}
+        if use_rl:
+            lr_factor, lr_metrics = self.objective.lr_scale(
+                {"logp": rl.current_logp, "behaviour_logp": rl_batch.behaviour_logp, "mask": rl_batch.response_mask}
+            )
+        grad_norm, lr = self._optimizer_step(lr_factor)
+        self.steps_taken += 1
+        probe.grad_norm = grad_norm
+        if plan.reset_reference:
+            self.reset_reference()
+        total = probe.rl_weight * (probe.rl_loss or 0.0) + probe.sft_weight * (probe.sft_loss or 0.0)
+        metrics = {
+            "actor/loss": total,
+            "actor/grad_norm": grad_norm,
+            "actor/lr": lr,
+            "blend/rl_weight": probe.rl_weight,
+            "blend/sft_weight": probe.sft_weight,
+            "blend/rl_sequences": float(rl_batch.size) if use_rl else 0.0,
+            "blend/sft_sequences": float(sft_batch.size) if use_sft else 0.0,
+            **(rl.metrics if rl is not None else {}),
+            **(sft.metrics if sft is not None else {}),
+            **lr_metrics,
+        }
+        if probe.val_loss is not None:
+            metrics["blend/val_loss"] = probe.val_loss
+        return metrics, probe
+
+    def _accumulate(
+        self,
+        batch: TrainBatch,
+        loss_fn: Objective | SFTLoss,
+        *,
+        weight: float,
+        is_last: bool,
+        entropy: bool = False,
+        targets: PolicyTargets | None = None,
+        temperature: float | None = None,
+    ) -> _BlendSide:
+        """Back-propagate weight·loss_fn over `batch`, micro-batched (the loop of `_update`, no step).
+
+        `targets` given: an RL side (advantages, token weights, the reference's log-probs);
+        otherwise an SFT side (only log-probs and the mask matter). `entropy`: also the policy's
+        mean token entropy over the batch (all ranks).
+        """
+        rows = torch.arange(batch.size)
+        scale = self._step_scale(batch, rows)
+        is_rl = targets is not None
+        ref_logp = self._frozen_logprobs(self.reference, batch) if is_rl and self.reference is not None else None
+        side = _BlendSide(current_logp=torch.zeros_like(batch.response_mask))
+        entropy_sum = 0.0
+        micro_rows = micro_batches(batch.size, self.config.learner.micro_batch_size)
+        for index, local in enumerate(micro_rows):
+            sub = batch.select(local)
+            width = sub.response_mask.shape[1]
+            logp, token_entropy = self.token_logprobs(
+                self.module, sub, compute_entropy=loss_fn.needs_entropy or entropy, temperature=temperature
+            )
+            if is_rl:
+                advantages = targets.advantages[local] if targets.advantages.dim() == 1 else targets.advantages[local, :width]
+                token_weights = targets.token_weights[local, :width] if targets.token_weights is not None else None
+            else:
+                advantages, token_weights = torch.zeros(len(local)), None
+            inputs = LossInputs(
+                logp=logp,
+                old_logp=logp.detach(),
+                advantages=advantages,
+                mask=sub.response_mask,
+                ref_logp=ref_logp[local, :width] if ref_logp is not None else None,
+                entropy=token_entropy if loss_fn.needs_entropy else None,
+                token_ids=sub.response_ids,
+                group_index=sub.group_index,
+                behaviour_logp=sub.behaviour_logp,
+                token_weights=token_weights,
+            )
+            loss, loss_metrics = loss_fn.compute_loss(inputs, scale)
+            self._backward(loss * weight * world_size(), is_last=is_last and index == len(micro_rows) - 1)
+            side.loss += float(loss.detach())
+            for key, value in loss_metrics.items():
+                side.metrics[key] = side.metrics.get(key, 0.0) + float(value)
+            if entropy:
+                entropy_sum += float((token_entropy.detach().double() * sub.response_mask.double()).sum())
+            side.current_logp[local, :width] = logp.detach().float()
+        if entropy:
+            (entropy_sum,) = all_reduce_sum([entropy_sum])
+            side.entropy = entropy_sum / max(scale.tokens, 1)
+        return side
+
+    def check_gradient_access(self) -> None:
+        """Deferred weights rewrite `param.grad` between backward passes: plain torch, or DeepSpeed
+        stage 0 with fp32 weights on one rank (where `param.grad` is the whole, local gradient)."""
+        if self.engine is None:
+            return
+        if self.config.learner.zero_stage > 0 or self.config.model.dtype != "float32" or world_size() > 1:
+            raise ValueError(
+                "this blending controller combines gradients itself: use learner.backend: torch, or deepspeed "
+                "with learner.zero_stage: 0, model.dtype: float32 and a single learner rank"
+            )
+
+    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def _take_gradients(self) -> list[torch.Tensor | None]:
+        """The accumulated gradients (one per trainable parameter), leaving them cleared."""
+        grads = []
+        for param in self._trainable_parameters():
+            grads.append(param.grad)
+            param.grad = None
+        return grads
+
+    def _dot_gradients(self, other: list[torch.Tensor | None]) -> float:
+        """<other, current gradients> over all trainable parameters."""
+        total = 0.0
+        for param, grad in zip(self._trainable_parameters(), other, strict=True):
+            if param.grad is not None and grad is not None:
+                total += float((param.grad.float() * grad.float()).sum(dtype=torch.float64))
+        return total
+
+    def _combine_gradients(self, rl_weight: float, sft_grads: list[torch.Tensor | None] | None, sft_weight: float) -> None:
+        """param.grad <- rl_weight·param.grad + sft_weight·sft_grad (the RL gradient is the current one)."""
+        params = self._trainable_parameters()
+        for param, sft_grad in zip(params, sft_grads if sft_grads is not None else [None] * len(params), strict=True):
+            combined = param.grad.mul_(rl_weight) if param.grad is not None else None
+            if sft_grad is not None:
+                combined = sft_grad.mul_(sft_weight) if combined is None else combined.add_(sft_grad, alpha=sft_weight)
+            param.grad = combined
+
+    def reset_reference(self) -> None:
+        """Make the current policy (LoRA merged) the frozen KL reference; no-op without a reference."""
+        if self.reference is None:
+            return
+        with torch.no_grad():
+            self.reference.load_state_dict({name: tensor for name, tensor in self.named_weights()}, strict=True)
+
+    def save_reference(self, path: Path) -> None:
+        save_file({name: t.detach().clone().contiguous() for name, t in self.reference.state_dict().items()}, path)
+
+    def load_reference(self, path: Path) -> None:
+        self.reference.load_state_dict(load_file(path), strict=True)
+
     # ---- weights out -----------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -320,3 +547,13 @@ class Learner:
         state = json.loads((folder / "learner.json").read_text())
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps_taken = state["steps_taken"]
+
+
+@dataclass
+class _BlendSide:
+    """What one side (RL, SFT or validation) of a blended step measured."""
+
+    current_logp: torch.Tensor
+    loss: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    entropy: float | None = None

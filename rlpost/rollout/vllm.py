@@ -206,6 +206,7 @@ class VLLMEngine(RolloutEngine):
             tensor_parallel_size=vc.tensor_parallel_size,
             worker_extension_cls=_EXTENSION,
             logprobs_mode="raw_logprobs",  # the default; the behaviour log-probs depend on it
+            max_num_batched_tokens=vc.max_num_batched_tokens,
         )
         if not self._on_cpu:
             kwargs["gpu_memory_utilization"] = vc.gpu_memory_utilization

@@ -612,7 +612,7 @@ class RayTrainer:
         self.clock.reset_step()
 
         steps_done = self.version
-        final = steps_done == self.total_steps
+        final = steps_done == self.config.train.steps
         every_eval = self.config.eval.every_steps
         if self.test_prompts and (final or (every_eval and steps_done % every_eval == 0)):
             if final:
@@ -811,6 +811,27 @@ class RayTrainer:
 
     # ================================================================== tools
 
+    def run_segment(self, steps: int, max_staleness: int) -> dict[str, float]:
+        """Train `steps` more steps with `max_staleness` on the running actors; returns the segment's
+        `run_summary` (benchmarks interleave sync and async segments on one set of actors).
+
+        Call `start()` (and set up `metrics_logger`) first; segments must fit within `train.steps`.
+        Between segments nothing is planned ahead, so the staleness bound can change.
+        """
+        if self.training is not None or self.pending or self.next_plan != self.version:
+            raise RuntimeError("run_segment needs a drained pipeline (call it between segments only)")
+        if self.version + steps > self.config.train.steps:
+            raise ValueError(f"segment ends past train.steps ({self.config.train.steps})")
+        self.k = max_staleness
+        self.buffer = RolloutBuffer(max_staleness)
+        self.total_steps = self.version + steps
+        self.clock = Clock()
+        self.step_times = []
+        self._step_started = time.perf_counter()
+        while self.version < self.total_steps:
+            self._turn()
+        return self.run_summary()
+
     def probe(self, worker: int, prompts: list, n: int, seed: int) -> tuple[list, int]:
         """(groups, engine version): generate on one worker right now, outside the schedule (tests, tools).
 
@@ -856,11 +877,16 @@ class RayTrainer:
             self.metrics_logger.close()
             self.metrics_logger = None
         if ray.is_initialized():
-            actors = [slot.actor for slot in self.workers if slot.alive] + self.rewards + self.ranks
-            closing = [actor.close.remote() for actor in actors]
-            ray.wait(closing, num_returns=len(closing), timeout=60)
-            for actor in actors:
-                ray.kill(actor, no_restart=True)
+            # Idle actors close their engines and process pools; a busy (possibly stuck) one is just killed.
+            idle_workers = [slot.actor for slot in self.workers if slot.alive and slot.task is None]
+            busy = self.training is not None
+            closing = [actor.close.remote() for actor in idle_workers + self.rewards + ([] if busy else self.ranks)]
+            ray.wait(closing, num_returns=len(closing), timeout=30)
+            for actor in [slot.actor for slot in self.workers] + self.rewards + self.ranks:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - already dead
+                    pass
             remove_layout(self.layout)
             self.layout = None
             self.workers, self.rewards, self.ranks = [], [], []

@@ -16,8 +16,12 @@ RUNTIME_DIR = Path(__file__).parent
 
 
 def runtime_config(model_path: str, output_dir: Path, *overrides: str):
-    """A `cluster.runtime: ray` config: 2 prompts x 2 completions x 16 tokens per step, fp32 everywhere."""
-    from rlpost.config import load_config
+    """A `cluster.runtime: ray` config: 2 prompts x 2 completions x 16 tokens per step, fp32 everywhere.
+
+    Built on the schema defaults, not on configs/quickstart.yaml (which changes with the project's defaults).
+    """
+    from rlpost.config.loader import apply_override, parse_override
+    from rlpost.config.schema import RLPostConfig
 
     base = [
         f"model.path={model_path}",
@@ -27,13 +31,17 @@ def runtime_config(model_path: str, output_dir: Path, *overrides: str):
         "rollout.max_new_tokens=16",
         "rollout.dtype=float32",
         "rollout.batch_size=8",
+        "rollout.temperature=1.0",
         "rollout.vllm.kv_cache_space_gib=1",
+        "rollout.vllm.enforce_eager=true",
+        "rollout.vllm.multiprocessing=false",
         "train.prompts_per_step=2",
         f"train.output_dir={output_dir}",
         "train.resume=never",
         "learner.backend=deepspeed",
         "learner.mixed_precision='no'",
         "learner.micro_batch_size=2",
+        "learner.zero_stage=0",
         "optimizer.lr=5e-5",
         "logging.tensorboard=false",
         "logging.progress_bar=false",
@@ -51,7 +59,11 @@ def runtime_config(model_path: str, output_dir: Path, *overrides: str):
         "cluster.reward_cpus=0.25",
         "cluster.sync_timeout_seconds=300",
     ]
-    return load_config(None, [*base, *overrides])
+    tree: dict = {}
+    for override in [*base, *overrides]:
+        keys, value = parse_override(override)
+        apply_override(tree, keys, value)
+    return RLPostConfig.model_validate(tree)
 
 
 class SlowEngine(RolloutEngine):

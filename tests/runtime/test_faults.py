@@ -20,7 +20,7 @@ from tests.runtime.helpers import SlowEngineFactory, StuckSyncFactory, runtime_c
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.deepspeed]
 
 MAX_STALENESS = 1
-STEPS = 4
+STEPS = 3
 SLOW_SECONDS = 3.0
 
 
@@ -79,8 +79,8 @@ def test_killed_worker_is_restarted_and_its_groups_regenerated(faulty_run) -> No
 
 
 def test_stuck_weight_sync_fails_with_an_error_naming_the_engine(model_path, tmp_path) -> None:
-    config = runtime_config(model_path, tmp_path, "rollout.engine=hf", "train.steps=2", "cluster.sync_timeout_seconds=5")
-    trainer = RayTrainer(config, engine_factory=StuckSyncFactory(stuck=0, seconds=60))
+    config = runtime_config(model_path, tmp_path, "rollout.engine=hf", "train.steps=2", "cluster.sync_timeout_seconds=3")
+    trainer = RayTrainer(config, engine_factory=StuckSyncFactory(stuck=0, seconds=30))
     with pytest.raises(WeightSyncError, match=r"version 1 to rollout worker 0 \(HFEngine, pid \d+"):
         trainer.fit()
     assert [r["step"] for r in read_metrics(tmp_path)] == [1]

@@ -59,7 +59,7 @@ def sync_run(model_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def async_run(model_path, tmp_path_factory):
-    return _run(model_path, tmp_path_factory.mktemp("async"), "train.steps=3", "cluster.max_staleness=1")
+    return _run(model_path, tmp_path_factory.mktemp("async"), "train.steps=2", "cluster.max_staleness=1")
 
 
 def _logprob_gap(a: list[float], b: list[float]) -> float:
@@ -88,7 +88,7 @@ def test_sync_weights_reach_the_engine_every_step(sync_run) -> None:
 
 def test_async_runs_ahead_within_the_staleness_bound(async_run) -> None:
     probe, summary, records = async_run
-    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["step"] for r in records] == [1, 2]
     assert all(r["async/staleness_max"] <= 1 for r in records)
     assert any(r["async/staleness_max"] == 1 for r in records), "batches after the first are generated one version behind"
     assert summary["run/staleness/1"] > 0

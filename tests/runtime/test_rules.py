@@ -146,14 +146,16 @@ def test_effective_sample_size_combines_ranks_exactly() -> None:
 # ---------------------------------------------------------------------------------- config
 
 
-def test_cluster_config_defaults_and_errors_name_the_keys() -> None:
-    config = load_config(None, ["cluster.runtime=ray", "cluster.max_staleness=2"])
+def test_cluster_config_defaults_and_errors_name_the_keys(tmp_path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    config = load_config(empty, ["cluster.runtime=ray", "cluster.max_staleness=2"])
     assert config.cluster.is_mode("grpo") == "token"
     assert config.cluster.is_mode("vcpo") == "none", "VCPO corrects itself"
-    assert load_config(None, ["cluster.runtime=ray"]).cluster.is_mode("grpo") == "none"
+    assert load_config(empty, ["cluster.runtime=ray"]).cluster.is_mode("grpo") == "none"
     with pytest.raises(ConfigError, match="cluster.max_staleness"):
-        load_config(None, ["cluster.max_staleness=1"])
+        load_config(empty, ["cluster.max_staleness=1"])
     with pytest.raises(ConfigError, match="colocated"):
-        load_config(None, ["cluster.runtime=ray", "cluster.placement=colocated", "cluster.max_staleness=1"])
+        load_config(empty, ["cluster.runtime=ray", "cluster.placement=colocated", "cluster.max_staleness=1"])
     with pytest.raises(ConfigError, match="sync_transport"):
-        load_config(None, ["cluster.sync_transport=carrier_pigeon"])
+        load_config(empty, ["cluster.sync_transport=carrier_pigeon"])

@@ -1,0 +1,90 @@
+"""HPT (Hybrid Post-Training, `unify_strategy="switch"`), ALGORITHMS.md §8.
+
+Per question q with rollouts o_1..o_n and c = #successful rollouts:
+
+    c <= gate:  drop q's rollouts; train on q's demonstration with the SFT loss
+    otherwise:  keep q's rollouts; train them with the RL objective
+
+and one optimizer step on L = L_RL + sft_coef * L_SFT (§8.3). The RL advantages are computed on the
+kept groups only (their own group statistics), so dropped questions leave no rows behind (§8.5).
+The authors' RL part is Dr.GRPO-style: A = r - mean_g, no clipping, Σ ℓ·M / T_max
+(`objective: {name: dr_grpo, clip: false, loss_agg: seq-mean-token-sum-norm}`, configs/hpt.yaml).
+
+Differences from the authors' code, by design:
+- Their L_SFT is a token mean over the demonstration tokens *of each micro-batch* (NaN and skipped
+  when a micro-batch has none); here it is the token mean over the step's demonstration tokens
+  (`blending.sft.loss_agg`), the same whatever the micro-batching.
+- The gate is a count of successes (the code), not the paper's threshold on the success rate P.
+  With variable group sizes a count means different rates; size-1 groups are allowed.
+- The `switch_gate_off` branch (off-policy RL on demonstrations) and the "soft" coefficient
+  tables are not implemented (not the paper's main method).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats
+from rlpost.types import Group
+
+
+def count_successes(group: Group, success: str, success_value: float) -> int:
+    """Successful rollouts of `group`: `correct` flags, or rewards exactly equal to `success_value`."""
+    if success == "correct":
+        return sum(bool(c) for c in group.correct)
+    return sum(float(r) == success_value for r in group.rewards)
+
+
+def route(successes: list[int], gate: int) -> tuple[list[int], list[int]]:
+    """(rl_groups, sft_groups): SFT for questions with at most `gate` successes, RL for the others."""
+    rl = [i for i, c in enumerate(successes) if c > gate]
+    sft = [i for i, c in enumerate(successes) if c <= gate]
+    return rl, sft
+
+
+class HPT(BlendController):
+    name = "hpt"
+
+    def __init__(self, config, seed: int):
+        super().__init__(config, seed)
+        self.settings = config.hpt
+        self.steps_done = 0
+        self.sft_questions = 0
+        self.rl_questions = 0
+        self._counts = (0, 0)
+        """(RL questions, SFT questions) of the pending step."""
+
+    def plan(self, stats: StepStats) -> BlendPlan:
+        s = self.settings
+        successes = [count_successes(group, s.success, s.success_value) for group in stats.groups]
+        rl_groups, sft_groups = route(successes, s.gate)
+        step_type = "mixed" if rl_groups and sft_groups else ("rl" if rl_groups else "sft")
+        sizes = stats.group_sizes
+        n = max(len(successes), 1)
+        metrics: Metrics = {
+            "hpt/sft_questions": float(len(sft_groups)),
+            "hpt/rl_questions": float(len(rl_groups)),
+            "hpt/rollout_rows": float(sum(sizes[i] for i in rl_groups)),
+            "hpt/demo_rows": float(len(sft_groups)),
+            "hpt/solve_none": sum(c == 0 for c in successes) / n,
+            "hpt/solve_all": sum(c == size for c, size in zip(successes, sizes, strict=True)) / n,
+        }
+        self._counts = (len(rl_groups), len(sft_groups))
+        return BlendPlan(step_type, rl_groups, sft_groups, rl_weight=1.0, sft_weight=s.sft_coef, metrics=metrics)
+
+    def observe(self, probe: BlendProbe) -> Metrics:
+        rl, sft = self._counts
+        self._counts = (0, 0)
+        self.steps_done += 1
+        self.rl_questions += rl
+        self.sft_questions += sft
+        total = max(self.rl_questions + self.sft_questions, 1)
+        return {"hpt/sft_question_fraction_total": self.sft_questions / total}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps_done": self.steps_done, "sft_questions": self.sft_questions, "rl_questions": self.rl_questions}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state["steps_done"])
+        self.sft_questions = int(state["sft_questions"])
+        self.rl_questions = int(state["rl_questions"])
