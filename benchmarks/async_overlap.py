@@ -6,7 +6,7 @@ policy's drift (completion lengths change as it trains) hit every mode alike. Th
 each segment refills the pipeline and is left out of its timing. Prints seconds per step, the
 async/sync ratio, and the busy fractions of rollout and learner, then a JSON line with the numbers.
 
-    python benchmarks/async_overlap.py                       # vLLM engine, 3 rounds of 4-step segments
+    python benchmarks/async_overlap.py                       # vLLM engine, 2 rounds of 5-step segments
     python benchmarks/async_overlap.py --engine hf --rounds 2 --segment-steps 3
 
 No wall-clock limits: ratios are what to read (the machine may be shared).
@@ -86,8 +86,8 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
     parser.add_argument("--n", type=int, default=4, help="completions per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--segment-steps", type=int, default=4, help="steps per segment (the first is warm-up)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of (sync, k=1, k=2) segments")
+    parser.add_argument("--segment-steps", type=int, default=5, help="steps per segment (the first is warm-up)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of (sync, k=1, k=2) segments")
     args = parser.parse_args()
 
     from rlpost.io.metrics import MetricsLogger

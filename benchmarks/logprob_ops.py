@@ -161,7 +161,8 @@ def main() -> None:
     cases = ["smollm2:1024:fp32"] if args.quick else args.cases.split(",")
     repeats = 1 if args.quick else args.repeats
     chunks = [int(c) for c in args.chunk_sizes.split(",")]
-    print(f"threads={args.threads or 'torch default'}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; rounds={repeats}")
+    threads = args.threads or "torch default"
+    print(f"threads={threads}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; rounds={repeats}")
     print("time f/p: median over rounds of fused/plain within the round; seconds: fastest round")
     header = f"{'case':28} {'chunk':>6} {'plain s':>8} {'fused s':>8} {'time f/p':>8}"
     header += "" if args.no_memory else f" {'plain GiB':>9} {'fused GiB':>9} {'mem f/p':>7}"
@@ -170,7 +171,9 @@ def main() -> None:
         case = Case.parse(text)
         times = _run_worker(["time", str(case), ",".join(map(str, chunks)), str(repeats)], args.threads)
         plain = times["plain:0"]
-        plain_mem = None if args.no_memory else _run_worker(["memory", str(case), "plain", "0"], args.threads)["peak_bytes"]
+        plain_mem = None
+        if not args.no_memory:
+            plain_mem = _run_worker(["memory", str(case), "plain", "0"], args.threads)["peak_bytes"]
         for chunk in chunks:
             fused = times[f"fused:{chunk}"]
             ratio = statistics.median(f / p for f, p in zip(fused, plain))

@@ -62,10 +62,35 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`: mappings merge key by key, anything else (lists too) replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of `path`, with `extends: other.yaml` (relative to the file) merged under it."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config {path} extends itself (cycle: {' -> '.join(str(p) for p in (*_seen, path))})")
+    tree = read_yaml(path)
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"config {path}: extends must be a file path, not {base!r}")
+    return deep_merge(read_config_tree(path.parent / base, (*_seen, path)), tree)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RLPostConfig:
     """The validated config of `path` (default: the quickstart) with `overrides` applied."""
     source = Path(path) if path is not None else QUICKSTART
-    tree = read_yaml(source)
+    tree = read_config_tree(source)
     for override in overrides:
         keys, value = parse_override(override)
         apply_override(tree, keys, value)

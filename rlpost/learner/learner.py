@@ -256,10 +256,12 @@ class Learner:
 
     # ---- SFT and SFT–RL blending (rlpost.blending) -------------------------------------------
 
+    _sft_loss: SFTLoss | None = None
+
     @property
     def sft_loss(self) -> SFTLoss:
-        """The SFT loss on demonstrations (`blending.sft`)."""
-        if getattr(self, "_sft_loss", None) is None:
+        """The SFT loss on demonstrations (`blending.sft`), built on first use."""
+        if self._sft_loss is None:
             self._sft_loss = SFTLoss(self.config.blending.sft.loss_agg)
         return self._sft_loss
 

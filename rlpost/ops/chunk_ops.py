@@ -51,7 +51,10 @@ def _work_buffer(logits: Tensor, workspace: Optional[Tensor]) -> Tensor:
     if workspace is None:
         return logits.to(acc)
     if workspace.dtype != acc or workspace.shape[1:] != logits.shape[1:] or workspace.shape[0] < logits.shape[0]:
-        raise ValueError(f"workspace must be {acc} [>= {logits.shape[0]}, {logits.shape[1]}], got {workspace.dtype} {tuple(workspace.shape)}")
+        raise ValueError(
+            f"workspace must be {acc} [>= {logits.shape[0]}, {logits.shape[1]}], "
+            f"got {workspace.dtype} {tuple(workspace.shape)}"
+        )
     return workspace[: logits.shape[0]].copy_(logits)
 
 

@@ -77,7 +77,7 @@ def fused_token_logprobs(
     device_type = hidden.device.type
     with torch.autocast(device_type, enabled=False):
         logp, entropy = _FusedLinearLogprob.apply(
-            hidden, weight, bias, targets, float(temperature), int(chunk_size), bool(compute_entropy)
+            hidden, weight, bias, targets.long(), float(temperature), int(chunk_size), bool(compute_entropy)
         )
     return logp, (entropy if compute_entropy else None)
 
@@ -109,8 +109,10 @@ class _ChunkBuffers:
         self.beta = self.inv_temperature if bias is not None else 0.0
         shape = (min(chunk_size, rows), weight.shape[0])
         self.logits = weight.new_empty(shape)
+        # bf16/fp16 logits need an fp32 work buffer on the CPU; the Triton kernels work in registers.
         acc = accumulation_dtype(weight.dtype)
-        self.workspace = None if weight.dtype == acc else weight.new_empty(shape, dtype=acc)
+        needs_workspace = weight.dtype != acc and weight.device.type != "cuda"
+        self.workspace = weight.new_empty(shape, dtype=acc) if needs_workspace else None
 
     def logits_of(self, hidden_chunk: Tensor) -> Tensor:
         out = self.logits[: hidden_chunk.shape[0]]
@@ -129,7 +131,9 @@ class _FusedLinearLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, compute_entropy):
         if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-            raise ValueError(f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)}, {tuple(weight.shape)}")
+            raise ValueError(
+                f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)}, {tuple(weight.shape)}"
+            )
         if targets.shape != hidden.shape[:1]:
             raise ValueError(f"targets must be [N]={tuple(hidden.shape[:1])}, got {tuple(targets.shape)}")
         rows = hidden.shape[0]

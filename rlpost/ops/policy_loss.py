@@ -147,12 +147,14 @@ def _policy_loss_backward_op(
 
 
 @_policy_loss_backward_op.register_fake
-def _(grad_loss, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef, kl_estimator):
+def _(grad_loss, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef,
+      kl_estimator):
     return torch.empty_like(logp)
 
 
 @_policy_loss_backward_op.register_kernel("cuda")
-def _(grad_loss, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef, kl_estimator):
+def _(grad_loss, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef,
+      kl_estimator):
     from rlpost.ops import triton_kernels
 
     return triton_kernels.policy_loss_backward(

@@ -199,6 +199,7 @@ class RayTrainer:
         self._weight_meta = None
         self._stop_requested = False
         self._started_ray = False
+        self._last_checkpoint: int | None = None
 
     # ================================================================== start-up
 
@@ -226,6 +227,8 @@ class RayTrainer:
             )
             for rank, (group, bundle) in enumerate(self.layout.learner_groups)
         ]
+        self.rank_info = ray.get([rank.info.remote() for rank in self.ranks])
+        self._check_loopback("learner ranks", {info["node_ip"] for info in self.rank_info})
         master = ray.get(self.ranks[0].rendezvous.remote())
         setup = [rank.setup.remote(*master) for rank in self.ranks]
 
@@ -252,11 +255,23 @@ class RayTrainer:
         for slot, info in zip(self.workers, infos, strict=True):
             slot.info, slot.version = info, info["version"]
         ray.get(setup)
-        self.rank_info = ray.get([rank.info.remote() for rank in self.ranks])
         if cluster.sync_transport == "nccl":
+            nodes = {slot.info["node_ip"] for slot in self.workers} | {self.rank_info[0]["node_ip"]}
+            self._check_loopback("learner rank 0 and the engines (sync_transport: nccl)", nodes)
             self._weight_meta = ray.get([rank.weight_meta.remote() for rank in self.ranks])[0]
         log.info("actors ready in %.1f s: %d rollout workers, %d learner ranks, %d reward workers (%s)",
                  time.perf_counter() - started, len(self.workers), len(self.ranks), len(self.rewards), self.device)
+
+    def _check_loopback(self, what: str, node_ips: set[str]) -> None:
+        """Loopback rendezvous works across Ray nodes of one machine (same IP), not across machines."""
+        from rlpost.config.errors import ConfigError
+
+        nodes = node_ips
+        if len(nodes) > 1 and self.cluster.bind_host in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(
+                f"the {what} are on {len(nodes)} machines, which cannot meet on cluster.bind_host={self.cluster.bind_host}: "
+                "set cluster.bind_host: auto (each node's Ray IP) or a reachable address"
+            )
 
     # ================================================================== resume and checkpoints
 
@@ -287,6 +302,7 @@ class RayTrainer:
         _load_rng(folder, state["rng"])
         step = state["step"]
         self.version = self.next_plan = step
+        self._last_checkpoint = step
         self._publish_initial(step)
         log.info("resumed from %s at step %d", folder, step)
         return step
@@ -325,6 +341,7 @@ class RayTrainer:
         root = self.output_dir / "checkpoints"
         folder = write_checkpoint(root, steps_done, write, self.digest)
         prune_checkpoints(root, self.config.checkpoint.keep_last)
+        self._last_checkpoint = steps_done
         return folder
 
     # ================================================================== the loop
@@ -332,10 +349,12 @@ class RayTrainer:
     def fit(self) -> dict[str, float]:
         from rlpost.io.metrics import MetricsLogger
 
-        previous = signal.signal(signal.SIGTERM, self._request_stop)
         last: dict[str, float] = {}
+        previous = None
         try:
             self.start()
+            # After start(): ray.init installs its own SIGTERM handler.
+            previous = signal.signal(signal.SIGTERM, self._request_stop)
             self.start_step = self._maybe_resume()
             self.metrics_logger = MetricsLogger(
                 self.output_dir, self.config.logging, self.config.model_dump(mode="json"), self.start_step
@@ -346,13 +365,18 @@ class RayTrainer:
             self.hooks.on_start(self)
             self._step_started = time.perf_counter()
             self._run_started = self._step_started
-            while self.version < self.total_steps and not self._stop_requested:
+            while self.version < self.total_steps:
+                if self._stop_requested and self.training is None:
+                    if self._last_checkpoint != self.version:
+                        self.save_checkpoint(self.version)
+                    break
                 last = self._turn() or last
             if self.version >= self.total_steps and self.config.checkpoint.export_final:
                 self._export_final()
             last.update(self.run_summary())
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             self.close()
         return last
 
@@ -516,7 +540,7 @@ class RayTrainer:
 
         from rlpost.learner.batch import PolicyTargets, build_train_batch, prepare_update
 
-        if self.training is not None or self.version >= self.total_steps:
+        if self.training is not None or self.version >= self.total_steps or self._stop_requested:
             return
         batch_state = self.batches.get(self.version)
         if batch_state is None or not batch_state.complete:
@@ -614,14 +638,14 @@ class RayTrainer:
         steps_done = self.version
         final = steps_done == self.config.train.steps
         every_eval = self.config.eval.every_steps
+        for result in self.eval_results:  # evaluations queued earlier that have finished
+            metrics.update(result)
+        self.eval_results.clear()
         if self.test_prompts and (final or (every_eval and steps_done % every_eval == 0)):
             if final:
                 metrics.update(self._evaluate_now())
             else:
                 self._queue_eval()
-        for result in self.eval_results:
-            metrics.update(result)
-        self.eval_results.clear()
         every = self.config.checkpoint.every_steps
         if final or self._stop_requested or (every and steps_done % every == 0):
             self.save_checkpoint(steps_done)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,9 +159,3 @@ def remove_layout(layout: Layout | None) -> None:
         except Exception:  # noqa: BLE001 - best effort on shutdown
             log.debug("could not remove placement group", exc_info=True)
 
-
-def actor_env(device: str) -> dict[str, str]:
-    env = dict(ACTOR_ENV)
-    if device == "cpu":
-        env["DS_ACCELERATOR"] = "cpu"
-    return {key: os.environ.get(key, value) if key != "DS_ACCELERATOR" else value for key, value in env.items()}

@@ -50,8 +50,8 @@ def test_sft_step_matches_a_hand_computed_nll(tiny_model_path, micro_batch_size)
 
     model = fresh_model(tiny_model_path)
     expected, _ = sft_loss_by_hand(model, groups)
-    assert metrics["sft/loss"] == pytest.approx(float(expected), rel=1e-5)
-    assert metrics["sft/nll"] == pytest.approx(float(expected), rel=1e-5)
+    assert metrics["sft/loss"] == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert metrics["sft/nll"] == pytest.approx(float(expected.detach()), rel=1e-5)
     assert metrics["sft/tokens"] == sum(len(demo_ids(g)) for g in groups)
     assert metrics["sft/sequences"] == 3 and metrics["blend/rl_weight"] == 0.0
     assert rl_calls[0] == 0, "an SFT step must not compute the RL loss"
@@ -118,9 +118,9 @@ def test_hpt_step_back_propagates_rl_on_kept_groups_plus_weighted_sft(tiny_model
     model = fresh_model(tiny_model_path)
     rl, _ = rl_loss_by_hand(model, [groups[0], groups[2]], std=False, agg="sum-norm", max_len=8)
     sft, _ = sft_loss_by_hand(model, [groups[1]])
-    assert metrics["actor/pg_loss"] == pytest.approx(float(rl), rel=1e-5, abs=1e-7)
-    assert metrics["sft/loss"] == pytest.approx(float(sft), rel=1e-5)
-    assert metrics["actor/loss"] == pytest.approx(float(rl + 0.3 * sft), rel=1e-5)
+    assert metrics["actor/pg_loss"] == pytest.approx(float(rl.detach()), rel=1e-5, abs=1e-7)
+    assert metrics["sft/loss"] == pytest.approx(float(sft.detach()), rel=1e-5)
+    assert metrics["actor/loss"] == pytest.approx(float((rl + 0.3 * sft).detach()), rel=1e-5)
     assert_gradients_close(captured[0], gradients_of(model, rl + 0.3 * sft))
 
 

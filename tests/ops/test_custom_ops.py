@@ -11,7 +11,11 @@ import torch
 import rlpost.ops  # noqa: F401  (registers the ops)
 
 OPS = [
-    "token_logprob_entropy", "token_logprob_entropy_scratch", "logprob_grad_inplace", "policy_loss", "policy_loss_backward",
+    "token_logprob_entropy",
+    "token_logprob_entropy_scratch",
+    "logprob_grad_inplace",
+    "policy_loss",
+    "policy_loss_backward",
 ]
 
 
@@ -129,7 +133,8 @@ def test_package_imports_and_runs_without_triton():
         "logp, _ = fused_token_logprobs(h, w, torch.randint(0, 9, (5,)), chunk_size=2)\n"
         "logp.sum().backward()\n"
         "x = torch.zeros(2, 3, requires_grad=True)\n"
-        "fused_policy_loss(x, x.detach(), torch.ones(2), torch.ones(2, 3), clip_low=0.2, clip_high=0.2).sum().backward()\n"
+        "loss = fused_policy_loss(x, x.detach(), torch.ones(2), torch.ones(2, 3), clip_low=0.2, clip_high=0.2)\n"
+        "loss.sum().backward()\n"
         "assert 'rlpost.ops.triton_kernels' not in sys.modules\n"
         "print('ok')\n"
     )

@@ -173,7 +173,9 @@ def test_plain_path_accepts_batched_logits():
     logits = torch.randn(2, 5, 11)
     targets = torch.randint(0, 11, (2, 5))
     logp, entropy = token_logprobs_from_logits(logits, targets, compute_entropy=True)
-    flat_logp, flat_entropy = token_logprobs_from_logits(logits.reshape(10, 11), targets.reshape(10), compute_entropy=True)
+    flat_logp, flat_entropy = token_logprobs_from_logits(
+        logits.reshape(10, 11), targets.reshape(10), compute_entropy=True
+    )
     assert logp.shape == entropy.shape == (2, 5)
     torch.testing.assert_close(logp.reshape(10), flat_logp)
     torch.testing.assert_close(entropy.reshape(10), flat_entropy)

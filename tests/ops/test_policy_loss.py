@@ -30,7 +30,8 @@ def _inputs(n=6, t=11, seed=0, per_token_adv=False):
 
 
 def _eager(logp, old, adv, ref, mask, *, clip_c, clip_enabled, kl_coef, estimator):
-    loss = policy_loss_per_token(logp, old, adv, clip_low=0.2, clip_high=0.28, clip_c=clip_c, clip_enabled=clip_enabled).loss
+    clip = dict(clip_low=0.2, clip_high=0.28, clip_c=clip_c, clip_enabled=clip_enabled)
+    loss = policy_loss_per_token(logp, old, adv, **clip).loss
     if kl_coef:
         loss = loss + kl_coef * kl_penalty(logp, ref, estimator)
     return torch.where(mask.bool(), loss, torch.zeros(()))
@@ -50,7 +51,9 @@ def test_matches_objectives_functions(estimator, clip_c, clip_enabled, kl_coef, 
     )
     (got * upstream).sum().backward()
     y = logp.clone().requires_grad_()
-    want = _eager(y, old, adv, ref, mask, clip_c=clip_c, clip_enabled=clip_enabled, kl_coef=kl_coef, estimator=estimator)
+    want = _eager(
+        y, old, adv, ref, mask, clip_c=clip_c, clip_enabled=clip_enabled, kl_coef=kl_coef, estimator=estimator
+    )
     (want * upstream).sum().backward()
     torch.testing.assert_close(got, want.detach())
     torch.testing.assert_close(x.grad, y.grad)
@@ -106,7 +109,8 @@ def test_under_a_dispatch_mode_and_compiled():
     logp, old, adv, ref, mask = _inputs()
 
     def loss(x):
-        return fused_policy_loss(x, old, adv, mask, clip_low=0.2, clip_high=0.28, clip_c=3.0, ref_logp=ref, kl_coef=0.1).sum()
+        options = dict(clip_low=0.2, clip_high=0.28, clip_c=3.0, ref_logp=ref, kl_coef=0.1)
+        return fused_policy_loss(x, old, adv, mask, **options).sum()
 
     eager = logp.clone().requires_grad_()
     loss(eager).backward()

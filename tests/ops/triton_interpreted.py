@@ -25,7 +25,7 @@ ESTIMATORS = ["k1", "k2", "k3", "k3+"]
 
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("run through test_triton_kernels.py (needs TRITON_INTERPRET=1 before triton is imported)", allow_module_level=True)
+    pytest.skip("run via test_triton_kernels.py (TRITON_INTERPRET=1 before triton's import)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

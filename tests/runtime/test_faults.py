@@ -51,6 +51,9 @@ def faulty_run(model_path, tmp_path_factory):
     config = runtime_config(
         model_path, output_dir, "rollout.engine=hf", f"train.steps={STEPS}", "cluster.num_rollout_workers=2",
         f"cluster.max_staleness={MAX_STALENESS}",
+        # Evaluation requests share the workers: before training, after step 2 (queued) and at the end.
+        "data.test=arithmetic", "data.arithmetic.test_size=8", "eval.num_problems=2", "eval.max_new_tokens=8",
+        "eval.at_start=true", "eval.every_steps=2",
     )
     hooks = KillSlowWorkerOnce()
     trainer = RayTrainer(config, engine_factory=SlowEngineFactory({0: SLOW_SECONDS}), hooks=hooks)
@@ -64,22 +67,37 @@ def test_slow_engine_never_exceeds_the_staleness_bound(faulty_run) -> None:
     for step, versions in hooks.trained:
         assert versions, f"batch {step} is empty"
         assert max(step - v for v in versions) <= MAX_STALENESS, f"batch {step} trained on versions {versions}"
-    assert all(r["async/staleness_max"] <= MAX_STALENESS for r in records)
+    assert all(r["async/staleness_max"] <= MAX_STALENESS for r in records if r["step"] > 0)
     assert summary["run/dropped_groups"] == 0
 
 
 def test_killed_worker_is_restarted_and_its_groups_regenerated(faulty_run) -> None:
     hooks, summary, records = faulty_run
     assert hooks.killed_pid is not None
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in records if r["step"] > 0] == list(range(1, STEPS + 1))
     # Every step trained on the full batch: the lost request was regenerated, not silently missing.
-    assert all(r["rollout/groups"] == 2 for r in records)
+    assert all(r["rollout/groups"] == 2 for r in records if r["step"] > 0)
     assert summary["run/worker_restarts"] >= 1
     assert summary["run/regenerated_units"] >= 1
 
 
+def test_evaluation_runs_on_the_workers_between_training_requests(faulty_run) -> None:
+    _, _, records = faulty_run
+    evaluated = {r["step"]: r for r in read_metrics_with_eval(records)}
+    assert 0 in evaluated and STEPS in evaluated, f"evaluations at steps {sorted(evaluated)}"
+    assert evaluated[0]["eval/policy_version"] == 0
+    assert evaluated[STEPS]["eval/policy_version"] == STEPS, "the final evaluation uses the final weights"
+    assert all(0 <= r["eval/accuracy"] <= 1 for r in evaluated.values())
+
+
+def read_metrics_with_eval(records: list[dict]) -> list[dict]:
+    return [r for r in records if "eval/accuracy" in r]
+
+
 def test_stuck_weight_sync_fails_with_an_error_naming_the_engine(model_path, tmp_path) -> None:
-    config = runtime_config(model_path, tmp_path, "rollout.engine=hf", "train.steps=2", "cluster.sync_timeout_seconds=3")
+    # Colocated placement (one bundle holding the learner rank and the worker) trains the first step.
+    config = runtime_config(model_path, tmp_path, "rollout.engine=hf", "train.steps=2", "cluster.sync_timeout_seconds=3",
+                            "cluster.placement=colocated")
     trainer = RayTrainer(config, engine_factory=StuckSyncFactory(stuck=0, seconds=30))
     with pytest.raises(WeightSyncError, match=r"version 1 to rollout worker 0 \(HFEngine, pid \d+"):
         trainer.fit()

@@ -159,3 +159,17 @@ def test_cluster_config_defaults_and_errors_name_the_keys(tmp_path) -> None:
         load_config(empty, ["cluster.runtime=ray", "cluster.placement=colocated", "cluster.max_staleness=1"])
     with pytest.raises(ConfigError, match="sync_transport"):
         load_config(empty, ["cluster.sync_transport=carrier_pigeon"])
+
+
+def test_learner_metrics_of_ranks_combine_into_the_step_values() -> None:
+    from rlpost.runtime.actors import combine_learner_metrics
+
+    ranks = [
+        {"actor/loss": 0.25, "actor/pg_clipfrac": 0.1, "actor/grad_norm": 3.0, "actor/lr": 1e-6, "staleness/ess_lr_scale": 0.8},
+        {"actor/loss": 0.5, "actor/pg_clipfrac": 0.3, "actor/grad_norm": 3.0, "actor/lr": 1e-6, "staleness/ess_lr_scale": 0.6},
+    ]
+    combined = combine_learner_metrics(ranks)
+    # Additive shares of the global step add up; global values are taken once; local estimates are averaged.
+    assert combined["actor/loss"] == pytest.approx(0.75) and combined["actor/pg_clipfrac"] == pytest.approx(0.4)
+    assert combined["actor/grad_norm"] == 3.0 and combined["actor/lr"] == 1e-6
+    assert combined["staleness/ess_lr_scale"] == pytest.approx(0.7)

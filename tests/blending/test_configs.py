@@ -1,0 +1,41 @@
+"""The shipped blending configs load on top of the quickstart and build their controllers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rlpost.blending import build_controller
+from rlpost.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", ["sasr", "hpt", "amft"])
+def test_config_extends_the_quickstart(name):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    quickstart = load_config(CONFIGS / "quickstart.yaml")
+    assert config.blending.name == name
+    assert build_controller(config.blending, seed=config.train.seed).name == name
+    for section in ("model", "data", "reward", "rollout", "optimizer", "learner"):
+        assert getattr(config, section) == getattr(quickstart, section), section
+    assert config.train.steps == quickstart.train.steps and config.train.output_dir == f"runs/{name}"
+    assert config.learner.updates_per_batch == 1
+
+
+def test_hpt_config_is_the_authors_rl_loss():
+    config = load_config(CONFIGS / "hpt.yaml")
+    objective = config.objective
+    assert (objective.name, objective.normalize_adv_by_std, objective.clip) == ("dr_grpo", False, False)
+    assert objective.loss_agg == "seq-mean-token-sum-norm" and objective.kl_coef == 0.0
+    assert objective.dr_grpo.truncated_reward is None
+    assert (config.blending.hpt.gate, config.blending.hpt.sft_coef) == (0, 1.0)
+
+
+def test_amft_config_can_combine_gradients():
+    """AMFT rewrites gradients: the quickstart's learner must be torch, or DeepSpeed stage 0 in float32."""
+    config = load_config(CONFIGS / "amft.yaml")
+    learner = config.learner
+    assert learner.backend == "torch" or (learner.zero_stage == 0 and config.model.dtype == "float32")
+    assert config.blending.amft.warmup_steps < config.train.steps
