@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import random
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -246,6 +247,7 @@ class Trainer:
             "perf/train_seconds": times.train,
             "perf/sync_seconds": times.sync,
             "policy/version": float(step + 1),
+            "perf/peak_rss_gib": _peak_rss_gib(),
         }
 
     # ---- SFT–RL blending (rlpost.blending) -------------------------------------------------
@@ -342,6 +344,11 @@ def _show(progress, metrics: dict[str, float]) -> None:
              "tok/s": metrics.get("perf/tokens_per_second"), "eval": metrics.get("eval/accuracy")}
     progress.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if v is not None}, refresh=False)
     progress.update(1)
+
+
+def _peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _seed_everything(seed: int) -> None:

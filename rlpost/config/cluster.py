@@ -93,6 +93,8 @@ class ClusterConfig(Section):
     # ---- faults -----------------------------------------------------------------------------
     max_worker_restarts: int = Field(3, ge=0)
     """Times Ray restarts each rollout worker that dies; its in-flight groups are regenerated."""
+    worker_restart_timeout_seconds: float = Field(600.0, gt=0)
+    """How long a dead rollout worker may take to come back (Ray restarts it, its engine reloads) before it is given up."""
     max_unit_attempts: int = Field(3, ge=1)
     """Attempts at one generation request (across worker deaths) before the run fails."""
 

@@ -47,6 +47,7 @@ from rlpost.runtime.transport import WeightSyncError
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
+RESTART_POLL_SECONDS = 2.0
 
 
 class LearnerCrashed(RuntimeError):
@@ -75,7 +76,7 @@ class WorkerSlot:
     actor: Any
     version: int = 0
     task: str | None = None
-    """None (idle), `generate`, `sync`, `restart`."""
+    """None (idle), `generate`, `sync`, `restart` (asking a restarted actor for its state), `down` (waiting for Ray to restart it)."""
     ref: Any = None
     unit: WorkUnit | None = None
     started: float = 0.0
@@ -83,6 +84,8 @@ class WorkerSlot:
     restarts: int = 0
     alive: bool = True
     info: dict[str, Any] = field(default_factory=dict)
+    down_since: float | None = None
+    retry_at: float = 0.0
 
     def describe(self) -> str:
         where = f"pid {self.info.get('pid', '?')} on node {self.info.get('node_ip', '?')}"
@@ -437,6 +440,7 @@ class RayTrainer:
         return self.published_version
 
     def _schedule_workers(self) -> None:
+        self._poll_restarts()
         if self.cluster.sync_transport == "nccl":
             self._maybe_broadcast()
         newest = self._newest_version()
@@ -482,7 +486,7 @@ class RayTrainer:
         if newest is None or self.training is not None or all(slot.version >= newest for slot in alive):
             return
         if any(slot.task is not None for slot in alive):
-            return  # wait until every engine is idle
+            return  # wait until every engine is idle (and restarted ones are back)
         self._ensure_broadcast_group(alive)
         started = time.perf_counter()
         refs = [rank.broadcast_weights.remote() for rank in self.ranks]
@@ -581,7 +585,7 @@ class RayTrainer:
 
     def _finish_training(self) -> dict[str, float] | None:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import OutOfMemoryError, RayActorError
 
         from rlpost.runtime.actors import combine_learner_metrics
         from rlpost.runtime.correction import combine_stats
@@ -589,7 +593,7 @@ class RayTrainer:
         training, self.training = self.training, None
         try:
             outputs = ray.get(training.refs)
-        except RayActorError as exc:
+        except (RayActorError, OutOfMemoryError) as exc:
             raise self._learner_crashed(exc, training.batch_index) from exc
         self.version = training.batch_index + 1
         train_seconds = max(out["seconds"] for out in outputs)
@@ -683,13 +687,16 @@ class RayTrainer:
 
         watched: dict[Any, tuple[str, Any]] = {}
         for slot in self.workers:
-            if slot.ref is not None:
+            if slot.ref is not None and slot.task not in (None, "down"):
                 watched[slot.ref] = ("worker", slot)
         for ref, result in self.scoring.items():
             watched[ref] = ("score", result)
         if self.training is not None and allow_training:
             for ref in self.training.refs:
                 watched[ref] = ("train", None)
+        if not watched and any(slot.alive and slot.task == "down" for slot in self.workers):
+            time.sleep(self._wait_timeout())  # only restarts to wait for
+            return None
         if not watched:
             if self.pending or self.version < self.total_steps:
                 stuck = "no rollout worker is alive" if not any(s.alive for s in self.workers) else "nothing is running"
@@ -725,18 +732,17 @@ class RayTrainer:
     def _check_rank(self, ref: Any) -> None:
         """A rank finished before the others: surface its failure now rather than waiting on the rest."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import OutOfMemoryError, RayActorError
 
         try:
             ray.get(ref)
-        except RayActorError as exc:
+        except (RayActorError, OutOfMemoryError) as exc:
             raise self._learner_crashed(exc) from exc
 
     def _wait_timeout(self) -> float:
-        deadlines = [
-            slot.started + self.cluster.sync_timeout_seconds - time.monotonic()
-            for slot in self.workers if slot.task == "sync"
-        ]
+        now = time.monotonic()
+        deadlines = [slot.started + self.cluster.sync_timeout_seconds - now for slot in self.workers if slot.task == "sync"]
+        deadlines += [slot.retry_at - now for slot in self.workers if slot.alive and slot.task == "down"]
         return max(0.05, min([POLL_SECONDS, *deadlines]))
 
     def _check_sync_deadlines(self) -> None:
@@ -750,22 +756,36 @@ class RayTrainer:
 
     def _worker_done(self, slot: WorkerSlot) -> None:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, OutOfMemoryError, RayActorError, RayTaskError
 
         task, ref, unit = slot.task, slot.ref, slot.unit
         slot.task, slot.ref, slot.unit = None, None, None
         try:
             out = ray.get(ref)
-        except RayActorError as exc:
-            self._worker_died(slot, task, unit, exc)
+        except ActorUnavailableError as exc:
+            # Restarting (or unreachable for a moment): the call did not run; try again shortly.
+            self._requeue(unit, count_attempt=False, slot=slot, exc=exc)
+            self._worker_down(slot)
+            return
+        except (ActorDiedError, RayActorError, OutOfMemoryError) as exc:  # OOM: Ray's memory monitor killed it
+            if task == "restart":
+                self._worker_lost(slot, f"Ray could not restart it ({exc})")
+                return
+            log.warning("%s died during %s (%s)", slot.describe(), task, type(exc).__name__)
+            self._requeue(unit, count_attempt=True, slot=slot, exc=exc)
+            self._worker_down(slot)  # Ray restarts it (max_restarts) or reports it dead for good
             return
         except RayTaskError as exc:
             if task == "sync":
                 raise WeightSyncError(f"weight sync of version {slot.target_version} to {slot.describe()} failed: {exc}") from exc
             raise
         if task == "restart":
+            if out["pid"] != slot.info.get("pid"):
+                slot.restarts += 1
+                self.restarts_total += 1
             slot.info = out
             slot.version = out["version"]
+            slot.down_since = None
             log.warning("%s is back (restart %d), at version %d", slot.describe(), slot.restarts, slot.version)
         elif task == "sync":
             slot.version = out["version"]
@@ -780,29 +800,46 @@ class RayTrainer:
             self._reward_turn += 1
             self.scoring[reward.score.remote(out["groups"])] = result
 
-    def _worker_died(self, slot: WorkerSlot, task: str | None, unit: WorkUnit | None, exc: Exception) -> None:
-        slot.restarts += 1
-        self.restarts_total += 1
-        log.warning("%s died during %s (%s)", slot.describe(), task, type(exc).__name__)
-        if unit is not None:
+    def _requeue(self, unit: WorkUnit | None, count_attempt: bool, slot: WorkerSlot, exc: Exception) -> None:
+        """Put a lost request back at the front of the queue (it is regenerated by whichever worker is free)."""
+        if unit is None:
+            return
+        if count_attempt:
             unit.attempts += 1
             if unit.attempts >= self.cluster.max_unit_attempts:
                 raise RuntimeError(
                     f"generation request {unit.unit_id} (batch {unit.batch_index}) failed {unit.attempts} times "
                     f"(cluster.max_unit_attempts); last failure on {slot.describe()}: {exc}"
                 ) from exc
-            self.pending.appendleft(unit)
-            self.regenerated_units += 1
-        if slot.restarts > self.cluster.max_worker_restarts:
-            slot.alive = False
-            log.error("%s exceeded cluster.max_worker_restarts; continuing without it", slot.describe())
-            if not any(s.alive for s in self.workers):
-                raise RuntimeError("every rollout worker died (cluster.max_worker_restarts exceeded)") from exc
-            return
-        # Ray restarts the actor (max_restarts); wait for it, then it loads the published weights.
+        self.pending.appendleft(unit)
+        self.regenerated_units += 1
+
+    def _worker_down(self, slot: WorkerSlot) -> None:
+        """Wait for Ray to restart the actor (polled), then it loads the published weights before new work."""
         slot.version = -1
-        slot.task, slot.started = "restart", time.monotonic()
-        slot.ref = slot.actor.info.remote()
+        slot.task = "down"
+        if slot.down_since is None:
+            slot.down_since = time.monotonic()
+        slot.retry_at = time.monotonic() + RESTART_POLL_SECONDS
+
+    def _worker_lost(self, slot: WorkerSlot, why: str) -> None:
+        slot.alive = False
+        slot.task = None
+        log.error("%s is gone (%s); continuing without it", slot.describe(), why)
+        if not any(s.alive for s in self.workers):
+            raise RuntimeError(f"every rollout worker is gone; the last: {slot.describe()} ({why})")
+
+    def _poll_restarts(self) -> None:
+        now = time.monotonic()
+        for slot in self.workers:
+            if not slot.alive or slot.task != "down" or now < slot.retry_at:
+                continue
+            if now - slot.down_since > self.cluster.worker_restart_timeout_seconds:
+                self._worker_lost(slot, f"not back within {self.cluster.worker_restart_timeout_seconds:.0f} s "
+                                        "(cluster.worker_restart_timeout_seconds)")
+                continue
+            slot.task, slot.started = "restart", now
+            slot.ref = slot.actor.info.remote()
 
     def _score_done(self, ref: Any, result: UnitResult) -> None:
         import ray

@@ -25,7 +25,7 @@ SLOW_SECONDS = 3.0
 
 
 class KillSlowWorkerOnce(RuntimeHooks):
-    """SIGKILLs worker 0 one second into its second request (it sleeps SLOW_SECONDS before generating),
+    """SIGKILLs worker 0 one second into its first request (it sleeps SLOW_SECONDS before generating),
     and records the policy versions of every batch the learner trains on."""
 
     def __init__(self) -> None:
@@ -37,12 +37,15 @@ class KillSlowWorkerOnce(RuntimeHooks):
         if worker != 0 or unit.kind != "train":
             return
         self.dispatches += 1
-        if self.dispatches == 2 and self.killed_pid is None:
+        if self.dispatches == 1 and self.killed_pid is None:
             self.killed_pid = trainer.workers[0].info["pid"]
             threading.Timer(1.0, os.kill, args=(self.killed_pid, signal.SIGKILL)).start()
 
     def on_train_start(self, trainer: RayTrainer, step: int) -> None:
         self.trained.append((step, trainer.training.batch.policy_version.tolist()))
+
+    def on_step(self, trainer: RayTrainer, step: int, metrics: dict[str, float]) -> None:
+        self.workers = [(slot.alive, slot.info["pid"], slot.restarts) for slot in trainer.workers]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def faulty_run(model_path, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("faults")
     config = runtime_config(
         model_path, output_dir, "rollout.engine=hf", f"train.steps={STEPS}", "cluster.num_rollout_workers=2",
-        f"cluster.max_staleness={MAX_STALENESS}",
+        f"cluster.max_staleness={MAX_STALENESS}", "rollout.dtype=bfloat16",
         # Evaluation requests share the workers: before training, after step 2 (queued) and at the end.
         "data.test=arithmetic", "data.arithmetic.test_size=8", "eval.num_problems=2", "eval.max_new_tokens=8",
         "eval.at_start=true", "eval.every_steps=2",
@@ -79,6 +82,9 @@ def test_killed_worker_is_restarted_and_its_groups_regenerated(faulty_run) -> No
     assert all(r["rollout/groups"] == 2 for r in records if r["step"] > 0)
     assert summary["run/worker_restarts"] >= 1
     assert summary["run/regenerated_units"] >= 1
+    # Worker 0 came back as a new process and kept working.
+    alive, pid, restarts = hooks.workers[0]
+    assert alive and pid != hooks.killed_pid and restarts >= 1
 
 
 def test_evaluation_runs_on_the_workers_between_training_requests(faulty_run) -> None:
