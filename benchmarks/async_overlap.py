@@ -68,7 +68,7 @@ def build_config(args: argparse.Namespace, output_dir: str):
         "cluster.reward_cpus=0.25",
         "cluster.threads_per_actor=1",
         "cluster.is_correction=token",  # the same loss work in every mode
-        "cluster.object_store_memory_gib=2",
+        "cluster.object_store_memory_gib=1",
     ]
     tree: dict = {}
     for override in overrides:

@@ -188,6 +188,12 @@ class LearnerConfig(Section):
     updates_per_batch: int = Field(1, ge=1)
     """Optimizer steps taken on each rollout batch (mini-batches); >1 makes later steps off-policy."""
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `no` as False.
+        return "no" if value is False else value
+
 
 class TrainConfig(Section):
     steps: int = Field(40, ge=1)

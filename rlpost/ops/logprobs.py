@@ -5,9 +5,10 @@ Plain path (`token_logprobs_from_logits`): full logits -> fp32 log_softmax -> ga
 
 Fused path (`fused_token_logprobs`): logits = (hidden @ weight.T + bias) / temperature computed
 `chunk_size` tokens at a time. Forward keeps only per-token statistics (logp, logsumexp, entropy);
-backward recomputes each chunk's logits into the same buffer, turns it into dL/dlogits in place and
-accumulates grad_hidden, grad_weight (fp32) and grad_bias. Peak extra memory is one or two
-[chunk_size, V] buffers instead of several [N, V] tensors, at the cost of one more matmul.
+backward recomputes each chunk's logits into the same buffer (except the last chunk's, kept from
+forward), turns it into dL/dlogits in place and accumulates grad_hidden, grad_weight (fp32) and
+grad_bias. Peak extra memory is one or two [chunk_size, V] buffers instead of several [N, V]
+tensors, at the cost of one more matmul per chunk but the last.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from rlpost.ops.chunk_ops import accumulation_dtype
 Tensor = torch.Tensor
 
 DEFAULT_CHUNK_SIZE = 1024
-"""Tokens per chunk. Measured on a 2-core CPU (benchmarks/logprob_ops.py): 1024 keeps the matmuls
-efficient and the [chunk, V] buffers small (200 MB fp32 at V=49152, 600 MB at V=151936)."""
+"""Tokens per chunk. On the 2-core CPU (benchmarks/logprob_ops.py, V=49152, 2048-8192 tokens)
+chunks of 512-1024 were fastest (smaller ones make skinnier, slower matmuls; larger ones leave the
+caches) and kept the forward+backward peak at 0.3-0.5 GiB against 4.4 GiB for the plain path at
+8192 tokens. The [chunk, V] buffers: 192 MiB fp32 at V=49152, 594 MiB at V=151936."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,10 +77,12 @@ def fused_token_logprobs(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     hidden, weight, bias = _common_dtype(hidden, weight, bias)
-    device_type = hidden.device.type
-    with torch.autocast(device_type, enabled=False):
+    # Keep the last chunk's logits for backward only if one can follow (needs_input_grad does not
+    # see torch.no_grad()).
+    keep_last = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    with torch.autocast(hidden.device.type, enabled=False):
         logp, entropy = _FusedLinearLogprob.apply(
-            hidden, weight, bias, targets.long(), float(temperature), int(chunk_size), bool(compute_entropy)
+            hidden, weight, bias, targets.long(), float(temperature), int(chunk_size), bool(compute_entropy), keep_last
         )
     return logp, (entropy if compute_entropy else None)
 
@@ -95,20 +100,28 @@ def _common_dtype(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[
 
 class _ChunkBuffers:
     """Computes chunks of (hidden @ weight.T + bias) / temperature into one reused buffer, plus the
-    fp32 workspace the chunk ops need for bf16/fp16 logits.
+    fp32 workspace the chunk ops need for bf16/fp16 logits on the CPU.
 
     Reusing the buffers matters on the CPU: a fresh 200 MB tensor per chunk costs page faults
     comparable to the softmax itself. The temperature is folded into the matmul (alpha/beta).
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, temperature: float, chunk_size: int, rows: int):
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        temperature: float,
+        chunk_size: int,
+        rows: int,
+        logits: Tensor | None = None,
+    ):
         self.weight_t = weight.t()
         self.inv_temperature = 1.0 / temperature
         # addmm with beta=0 ignores its input: a 0-dim zero stands in for a missing bias.
         self.bias = bias if bias is not None else weight.new_zeros(())
         self.beta = self.inv_temperature if bias is not None else 0.0
         shape = (min(chunk_size, rows), weight.shape[0])
-        self.logits = weight.new_empty(shape)
+        self.logits = logits if logits is not None else weight.new_empty(shape)
         # bf16/fp16 logits need an fp32 work buffer on the CPU; the Triton kernels work in registers.
         acc = accumulation_dtype(weight.dtype)
         needs_workspace = weight.dtype != acc and weight.device.type != "cuda"
@@ -126,10 +139,16 @@ def _chunks(rows: int, chunk_size: int) -> list[slice]:
 
 
 class _FusedLinearLogprob(torch.autograd.Function):
-    """Forward saves hidden, weight, bias, targets and per-token lse (+ entropy); never [N, V]."""
+    """Forward saves hidden, weight, bias, targets and per-token lse (+ entropy), never [N, V].
+
+    One exception, bounded by chunk_size × V: when a backward will follow, the last chunk's logits
+    stay in the chunk buffer (which backward needs anyway) and backward starts from them instead of
+    recomputing them. With a single chunk (N <= chunk_size, typical of CPU micro-batches) this saves
+    one of the four matmuls.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, compute_entropy):
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, compute_entropy, keep_last):
         if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
             raise ValueError(
                 f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)}, {tuple(weight.shape)}"
@@ -141,16 +160,23 @@ class _FusedLinearLogprob(torch.autograd.Function):
         logp = hidden.new_empty(rows, dtype=acc)
         lse = torch.empty_like(logp)
         entropy = torch.empty_like(logp) if compute_entropy else logp.new_empty(0)
+        ctx.kept_logits = None
         if rows:
             buffers = _ChunkBuffers(weight, bias, temperature, chunk_size, rows)
-            for part in _chunks(rows, chunk_size):
+            parts = _chunks(rows, chunk_size)
+            for part in parts:
                 logits = buffers.logits_of(hidden[part])
-                chunk_logp, chunk_lse, chunk_entropy = torch.ops.rlpost.token_logprob_entropy_scratch(
-                    logits, targets[part], 1.0, compute_entropy, buffers.workspace
-                )
-                logp[part], lse[part] = chunk_logp, chunk_lse
+                if keep_last and part is parts[-1]:
+                    # the functional op leaves the logits intact for backward
+                    stats = torch.ops.rlpost.token_logprob_entropy(logits, targets[part], 1.0, compute_entropy)
+                    ctx.kept_logits = buffers.logits
+                else:
+                    stats = torch.ops.rlpost.token_logprob_entropy_scratch(
+                        logits, targets[part], 1.0, compute_entropy, buffers.workspace
+                    )
+                logp[part], lse[part] = stats[0], stats[1]
                 if compute_entropy:
-                    entropy[part] = chunk_entropy
+                    entropy[part] = stats[2]
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
         ctx.temperature, ctx.chunk_size, ctx.compute_entropy = temperature, chunk_size, compute_entropy
         ctx.set_materialize_grads(False)
@@ -166,26 +192,34 @@ class _FusedLinearLogprob(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_logp, grad_entropy):
         hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+        kept_logits, ctx.kept_logits = ctx.kept_logits, None  # consumed: a retained-graph rerun recomputes
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         if not ctx.compute_entropy:
             grad_entropy = None
         rows = hidden.shape[0]
+        nothing = (None,) * 5
         if rows == 0 or (grad_logp is None and grad_entropy is None):
-            return _zero_grads(hidden, weight, bias, need_hidden, need_weight, need_bias)
+            return _zero_grads(hidden, weight, bias, need_hidden, need_weight, need_bias) + nothing
 
-        acc = accumulation_dtype(hidden.dtype)
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        # grad_weight sums over all tokens: accumulate in fp32 even for bf16 weights.
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_bias else None
-        weight_grad_chunk = _MatmulAccumulator(grad_weight) if need_weight else None
+        # dL/dlogits is linear in the upstream grads: scaling them by 1/temperature yields the
+        # gradient w.r.t. the unscaled logits (chain rule of z = x / T) at no extra cost.
         inv_t = 1.0 / ctx.temperature
-        buffers = _ChunkBuffers(weight, bias, ctx.temperature, ctx.chunk_size, rows)
-        for part in _chunks(rows, ctx.chunk_size):
+        grad_logp = grad_logp * inv_t if grad_logp is not None else None
+        grad_entropy = grad_entropy * inv_t if grad_entropy is not None else None
+
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = _GradWeight() if need_weight else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=lse.dtype, device=weight.device) if need_bias else None
+        buffers = _ChunkBuffers(weight, bias, ctx.temperature, ctx.chunk_size, rows, logits=kept_logits)
+        parts = _chunks(rows, ctx.chunk_size)
+        if kept_logits is not None:
+            parts = parts[-1:] + parts[:-1]  # the kept last chunk first, before the buffer is reused
+        for index, part in enumerate(parts):
             hidden_chunk = hidden[part]
-            # Buffer -> dL/d(scaled logits) in place; the 1/temperature of the chain rule is
-            # applied by the matmuls' alpha below.
-            grad_logits = buffers.logits_of(hidden_chunk)
+            if index == 0 and kept_logits is not None:
+                grad_logits = kept_logits[: part.stop - part.start]
+            else:
+                grad_logits = buffers.logits_of(hidden_chunk)
             torch.ops.rlpost.logprob_grad_inplace(
                 grad_logits,
                 targets[part],
@@ -199,46 +233,56 @@ class _FusedLinearLogprob(torch.autograd.Function):
             )
             if need_hidden:
                 torch.mm(grad_logits, weight, out=grad_hidden[part])
-                grad_hidden[part] *= inv_t
             if need_weight:
-                weight_grad_chunk.add(grad_logits.t(), hidden_chunk, inv_t)
+                grad_weight.add(grad_logits.t(), hidden_chunk, last=index == len(parts) - 1)
             if need_bias:
-                grad_bias.add_(grad_logits.sum(dim=0, dtype=acc), alpha=inv_t)
+                grad_bias += grad_logits.sum(dim=0, dtype=grad_bias.dtype)
         return (
             grad_hidden,
-            grad_weight.to(weight.dtype) if need_weight else None,
+            grad_weight.result if need_weight else None,
             grad_bias.to(bias.dtype) if need_bias else None,
-            None,
-            None,
-            None,
-            None,
-        )
+        ) + nothing
 
 
-class _MatmulAccumulator:
-    """acc += alpha · (a @ b) for an fp32 `acc` and a, b possibly bf16.
+class _GradWeight:
+    """Σ_chunks a_k @ b_k, accumulated in fp32 (fp64), returned in the inputs' dtype.
 
-    Same dtype: one in-place addmm. Otherwise the bf16 product goes to a reused bf16 buffer and is
-    added in row blocks through a small fp32 temporary: mixed-dtype elementwise ops are several
-    times slower than a conversion plus a same-dtype add on the CPU.
+    fp32: the first product is written, the others added in place (addmm_). bf16/fp16: a single
+    chunk's product is returned as is; with several, each product lands in one reused bf16 buffer
+    and is added to an fp32 accumulator in row blocks through a small fp32 temporary (mixed-dtype
+    elementwise ops are several times slower than a conversion plus a same-dtype add on the CPU);
+    the final sum is rounded into the bf16 buffer.
     """
 
     BLOCK_ROWS = 4096
 
-    def __init__(self, acc: Tensor):
-        self.acc = acc
-        self.product: Tensor | None = None
+    def __init__(self):
+        self.sum: Tensor | None = None  # fp32 accumulator (or the fp32 result)
+        self.product: Tensor | None = None  # low-precision product buffer
+        self.result: Tensor | None = None
 
-    def add(self, a: Tensor, b: Tensor, alpha: float) -> None:
-        if a.dtype == self.acc.dtype:
-            self.acc.addmm_(a, b, alpha=alpha)
+    def add(self, a: Tensor, b: Tensor, last: bool) -> None:
+        acc = accumulation_dtype(a.dtype)
+        if a.dtype == acc:
+            self.sum = torch.mm(a, b) if self.sum is None else self.sum.addmm_(a, b)
+            self.result = self.sum if last else None
             return
-        if self.product is None:
-            self.product = torch.empty(self.acc.shape, dtype=a.dtype, device=a.device)
-        torch.mm(a, b, out=self.product)
-        for start in range(0, self.acc.shape[0], self.BLOCK_ROWS):
+        first = self.product is None
+        self.product = torch.mm(a, b) if first else torch.mm(a, b, out=self.product)
+        if first and last:
+            self.result = self.product
+            return
+        if first:
+            self.sum = torch.empty(self.product.shape, dtype=acc, device=a.device)
+        for start in range(0, self.product.shape[0], self.BLOCK_ROWS):
             rows = slice(start, start + self.BLOCK_ROWS)
-            self.acc[rows].add_(self.product[rows].to(self.acc.dtype), alpha=alpha)
+            if first:
+                self.sum[rows].copy_(self.product[rows])
+            else:
+                self.sum[rows].add_(self.product[rows].to(acc))
+        if last:
+            self.result = self.product.copy_(self.sum)
+            self.sum = None
 
 
 def _zero_grads(hidden, weight, bias, need_hidden, need_weight, need_bias):
@@ -246,8 +290,4 @@ def _zero_grads(hidden, weight, bias, need_hidden, need_weight, need_bias):
         torch.zeros_like(hidden) if need_hidden else None,
         torch.zeros_like(weight) if need_weight else None,
         torch.zeros_like(bias) if need_bias else None,
-        None,
-        None,
-        None,
-        None,
     )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import weakref
@@ -187,6 +189,8 @@ class VLLMEngine(RolloutEngine):
         self.llm = LLM(model=model_path, seed=seed, **self._engine_kwargs(config))
         self.startup_seconds = time.perf_counter() - started
         log.info("vLLM engine ready in %.1f s", self.startup_seconds)
+        if config.vllm.multiprocessing:
+            reap_children_when_parent_dies()
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.stop_ids = stop_token_ids(model_path, self.tokenizer.eos_token_id)
@@ -308,3 +312,40 @@ class VLLMEngine(RolloutEngine):
                 core.shutdown()
             self.llm = None  # type: ignore[assignment]
         self._cleanup()
+
+
+_REAPER = """
+import os, signal, sys, time
+parent, children = int(sys.argv[1]), [int(pid) for pid in sys.argv[2:]]
+while True:
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(1.0)
+for pid in children:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+"""
+
+
+def reap_children_when_parent_dies() -> None:
+    """Kill this process's current children (vLLM's engine core and workers) if it dies.
+
+    A trainer killed with SIGKILL gets no chance to shut vLLM down, and vLLM's child processes
+    outlive it holding gigabytes of KV cache. A detached watcher process polls the parent and
+    kills the children once it is gone; it exits by itself afterwards.
+    """
+    import psutil  # a dependency of vLLM
+
+    children = [str(child.pid) for child in psutil.Process().children(recursive=True)]
+    if children:
+        subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(os.getpid()), *children],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )

@@ -756,7 +756,14 @@ class RayTrainer:
 
     def _worker_done(self, slot: WorkerSlot) -> None:
         import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, OutOfMemoryError, RayActorError, RayTaskError
+        from ray.exceptions import (
+            ActorDiedError,
+            ActorUnavailableError,
+            OutOfMemoryError,
+            OwnerDiedError,
+            RayActorError,
+            RayTaskError,
+        )
 
         task, ref, unit = slot.task, slot.ref, slot.unit
         slot.task, slot.ref, slot.unit = None, None, None
@@ -777,6 +784,8 @@ class RayTrainer:
             return
         except RayTaskError as exc:
             if task == "sync":
+                if isinstance(exc, OwnerDiedError):  # the published weights belong to learner rank 0
+                    raise self._learner_crashed(exc) from exc
                 raise WeightSyncError(f"weight sync of version {slot.target_version} to {slot.describe()} failed: {exc}") from exc
             raise
         if task == "restart":

@@ -152,6 +152,28 @@ def test_entropy_requested_but_unused_in_loss():
     assert entropy.requires_grad
 
 
+@pytest.mark.parametrize("chunk_size", [4, 32])  # several chunks (a ragged last one), or one
+def test_retained_graph_second_backward(chunk_size):
+    """The last chunk's logits kept from forward are consumed by the first backward; a second
+    backward through a retained graph recomputes them and gives the same gradients."""
+    h, w, b, targets, g_logp, g_entropy = _problem(30, 8, 50, bias=True)
+    logp, entropy = fused_token_logprobs(h, w, targets, bias=b, chunk_size=chunk_size, compute_entropy=True)
+    loss = (logp * g_logp).sum() + (entropy * g_entropy).sum()
+    first = torch.autograd.grad(loss, (h, w, b), retain_graph=True)
+    second = torch.autograd.grad(loss, (h, w, b))
+    _assert_close_all(list(second), list(first), rtol=1e-6)
+
+
+def test_no_grad_forward_matches():
+    """Under no_grad nothing is kept for backward; values are the same."""
+    h, w, _, targets, _, _ = _problem(30, 8, 50)
+    with torch.no_grad():
+        logp, entropy = fused_token_logprobs(h, w, targets, chunk_size=7, compute_entropy=True)
+    want_logp, want_entropy = token_logprobs_from_logits(h @ w.T, targets, compute_entropy=True)
+    _assert_close_all([logp, entropy], [want_logp.detach(), want_entropy.detach()])
+    assert not logp.requires_grad
+
+
 def test_no_tokens():
     """N = 0 (an all-padding micro-batch): empty outputs, zero gradients, no error."""
     h, w, b, targets, _, _ = _problem(0, 8, 20, bias=True)
@@ -204,7 +226,8 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-12))
 
 
-def test_bf16_within_rounding_of_exact():
+@pytest.mark.parametrize("chunk_size", [64, 1000])  # several chunks (fp32 accumulation of grad_weight), or one
+def test_bf16_within_rounding_of_exact(chunk_size):
     """bf16 tolerance, derived rather than tuned.
 
     bf16 keeps 8 significant bits: one rounding moves a value by at most u = 2^-8 of itself. Each
@@ -220,7 +243,7 @@ def test_bf16_within_rounding_of_exact():
     h, w, b, targets, g_logp, g_entropy = _problem(200, 64, 1000, dtype=torch.bfloat16, bias=True)
     exact_inputs = [t.detach().float().requires_grad_() if t is not None else None for t in (h, w, b)]
     exact = _values_and_grads(_plain, *exact_inputs, targets, g_logp, g_entropy, temperature, True)
-    fused = _values_and_grads(_fused(64), h, w, b, targets, g_logp, g_entropy, temperature, True)
+    fused = _values_and_grads(_fused(chunk_size), h, w, b, targets, g_logp, g_entropy, temperature, True)
     plain = _values_and_grads(_plain, h, w, b, targets, g_logp, g_entropy, temperature, True)
 
     with torch.no_grad():
@@ -236,6 +259,18 @@ def test_bf16_within_rounding_of_exact():
         fused_err, plain_err = _relative_error(fused_grad, exact_grad), _relative_error(plain_grad, exact_grad)
         assert fused_err < 2e-2
         assert fused_err <= 2 * plain_err + 1e-3
+
+
+def test_bf16_grad_weight_blocks(monkeypatch):
+    """The fp32 accumulation of bf16 grad_weight, in row blocks that do not divide V, equals the
+    one-chunk bf16 product to bf16 rounding."""
+    from rlpost.ops import logprobs
+
+    monkeypatch.setattr(logprobs._GradWeight, "BLOCK_ROWS", 7)
+    h, w, _, targets, g_logp, _ = _problem(64, 16, 100, dtype=torch.bfloat16)
+    chunked = _values_and_grads(_fused(16), h, w, None, targets, g_logp, None, 1.0, False)[2][1]
+    single = _values_and_grads(_fused(64), h, w, None, targets, g_logp, None, 1.0, False)[2][1]
+    assert _relative_error(chunked, single) < 2.0**-7
 
 
 def test_autocast_matches_plain_under_autocast():

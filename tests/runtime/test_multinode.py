@@ -1,5 +1,5 @@
-"""Two Ray nodes on this machine (`ray.cluster_utils.Cluster`): the learner on one, the rollout worker on
-the other, weights through the broadcast transport (gloo). The learner is killed mid-run: the run stops
+"""Two Ray nodes on this machine (`ray.cluster_utils.Cluster`), joined through `cluster.address`: the learner
+on one, the rollout worker on the other, weights through the broadcast transport (gloo). The learner is killed mid-run: the run stops
 with the last complete checkpoint intact, and `train.resume: auto` finishes it."""
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ def two_nodes():
     )
     cluster.add_node(num_cpus=1, resources={"rollout_node": 1}, object_store_memory=300 * 2**20)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    yield cluster
-    ray.shutdown()
+    yield cluster  # the runtime joins it through cluster.address, as on a real cluster
     cluster.shutdown()
 
 
@@ -53,9 +51,10 @@ class Recorder(RuntimeHooks):
             os.kill(trainer.rank_info[0]["pid"], signal.SIGKILL)
 
 
-def _config(model_path, output_dir, *overrides):
+def _config(cluster, model_path, output_dir, *overrides):
     return runtime_config(
-        model_path, output_dir, "rollout.engine=hf", "train.steps=3", "checkpoint.every_steps=1",
+        model_path, output_dir, f"cluster.address={cluster.address}", "rollout.engine=hf", "train.steps=3",
+        "checkpoint.every_steps=1",
         "cluster.sync_transport=nccl", "cluster.learner_resources={learner_node: 0.5}",
         "cluster.rollout_resources={rollout_node: 0.5}", "cluster.reward_cpus=0.2", *overrides,
     )
@@ -66,12 +65,12 @@ def test_learner_and_rollout_on_separate_nodes_train_and_resume_after_a_learner_
 
     crashed = Recorder(kill_at_step=2)
     with pytest.raises(LearnerCrashed, match="ckpt-00000002"):
-        RayTrainer(_config(model_path, tmp_path), hooks=crashed).fit()
+        RayTrainer(_config(two_nodes, model_path, tmp_path), hooks=crashed).fit()
     assert crashed.nodes == {"learner": {head}, "rollout": {worker}}
     assert [folder.name for folder in complete_checkpoints(tmp_path / "checkpoints")] == ["ckpt-00000001", "ckpt-00000002"]
 
     resumed = Recorder()
-    trainer = RayTrainer(_config(model_path, tmp_path, "train.resume=auto"), hooks=resumed)
+    trainer = RayTrainer(_config(two_nodes, model_path, tmp_path, "train.resume=auto"), hooks=resumed)
     trainer.fit()
     assert trainer.start_step == 2
     assert resumed.nodes == {"learner": {head}, "rollout": {worker}}

@@ -173,3 +173,15 @@ def test_learner_metrics_of_ranks_combine_into_the_step_values() -> None:
     assert combined["actor/loss"] == pytest.approx(0.75) and combined["actor/pg_clipfrac"] == pytest.approx(0.4)
     assert combined["actor/grad_norm"] == 3.0 and combined["actor/lr"] == 1e-6
     assert combined["staleness/ess_lr_scale"] == pytest.approx(0.7)
+
+
+def test_the_cluster_template_is_a_valid_async_config() -> None:
+    from pathlib import Path
+
+    template = Path(__file__).resolve().parents[2] / "configs" / "cluster_async.yaml"
+    config = load_config(template)
+    cluster = config.cluster
+    assert cluster.runtime == "ray" and cluster.placement == "split" and cluster.max_staleness == 1
+    assert cluster.is_mode(config.objective.name) == "token"
+    assert cluster.bind_host == "auto", "a multi-node run cannot rendezvous on loopback"
+    assert config.train.prompts_per_step * config.rollout.n % cluster.learner_ranks == 0
