@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,7 +35,8 @@ def build_config(args: argparse.Namespace, output_dir: str):
     from rlpost.config.loader import apply_override, parse_override
     from rlpost.config.schema import RLPostConfig
 
-    total = args.rounds * len(MODES) * args.segment_steps
+    # One step more than the segments use: no end-of-run checkpoint or evaluation is triggered.
+    total = args.rounds * len(MODES) * args.segment_steps + 1
     overrides = [
         f"model.path={args.model}",
         "data.test=null",
@@ -114,6 +116,7 @@ def main() -> int:
                       flush=True)
     finally:
         trainer.close()
+        shutil.rmtree(output_dir, ignore_errors=True)
 
     def mean(k: int, key: str) -> float:
         return statistics.fmean(summary[key] for summary in results[k])

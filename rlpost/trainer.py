@@ -27,13 +27,7 @@ from rlpost.config.loader import dump_config
 from rlpost.config.schema import RLPostConfig
 from rlpost.data import build_prompts, load_rows
 from rlpost.evaluation import EVAL_REWARDS, evaluate
-from rlpost.io.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    prune_checkpoints,
-    verify_checkpoint,
-    write_checkpoint,
-)
+from rlpost.io.checkpoint import prune_checkpoints, resume_checkpoint, write_checkpoint
 from rlpost.io.metrics import MetricsLogger
 from rlpost.learner.batch import build_train_batch, prepare_update
 from rlpost.learner.learner import Learner
@@ -129,18 +123,9 @@ class Trainer:
     # ---- resume -----------------------------------------------------------------------------
 
     def _maybe_resume(self) -> int:
-        resume = self.config.train.resume
-        if resume == "never":
-            return 0
-        folder = latest_checkpoint(self.output_dir / "checkpoints") if resume == "auto" else Path(resume)
+        folder = resume_checkpoint(self.output_dir / "checkpoints", self.config.train.resume, self.digest)
         if folder is None:
             return 0
-        manifest = verify_checkpoint(folder)
-        if manifest["config_digest"] != self.digest:
-            raise CheckpointError(
-                f"checkpoint {folder} was written with a different config (digest {manifest['config_digest']} "
-                f"vs {self.digest}); use another train.output_dir or train.resume=never"
-            )
         self.learner.load_state(folder / "learner")
         state = json.loads((folder / "trainer.json").read_text())
         self.sampler.load_state_dict(state["sampler"])

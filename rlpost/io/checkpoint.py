@@ -126,3 +126,22 @@ def prune_checkpoints(root: Path, keep_last: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     for partial in root.glob("ckpt-*.tmp"):
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def resume_checkpoint(root: Path, resume: str, config_digest: str) -> Path | None:
+    """The checkpoint a run resumes from under `train.resume` (`auto`, `never` or a folder), verified.
+
+    Raises `CheckpointError` when it is damaged or was written with a different config.
+    """
+    if resume == "never":
+        return None
+    folder = latest_checkpoint(root) if resume == "auto" else Path(resume)
+    if folder is None:
+        return None
+    manifest = verify_checkpoint(folder)
+    if manifest["config_digest"] != config_digest:
+        raise CheckpointError(
+            f"checkpoint {folder} was written with a different config (digest {manifest['config_digest']} "
+            f"vs {config_digest}); use another train.output_dir or train.resume=never"
+        )
+    return folder

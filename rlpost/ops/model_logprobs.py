@@ -42,8 +42,9 @@ def model_token_logprobs(
     `temperature` divides the logits (log-probs of the tempered sampling distribution).
     `fused=True` uses the chunked fused op with the head's weight (tied or not) and bias;
     `fused=False` applies the LM head module to the selected hidden states and takes the plain
-    fp32 log_softmax. Models whose head is not a plain `nn.Linear` (a LoRA-adapted head) or that
-    post-process logits (final logit soft-capping) always take the plain path on their head.
+    fp32 log_softmax. Models whose head is not a plain `nn.Linear` (a LoRA-adapted head), whose
+    head parameters are partitioned (DeepSpeed ZeRO-3) or that post-process logits (final logit
+    soft-capping) always take the plain path on their head (still only at response positions).
     peft-wrapped models are unwrapped with `get_base_model()`; LoRA layers stay active.
     """
     causal_lm = _unwrap(model)
@@ -55,7 +56,7 @@ def model_token_logprobs(
     selected = hidden[rows, positions - 1]  # [n, H], n = number of response tokens
     targets = input_ids[rows, positions]
     softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    if fused and isinstance(head, nn.Linear) and not softcap:
+    if fused and _fusable_head(head) and not softcap:
         logp, entropy = fused_token_logprobs(
             selected,
             head.weight,
@@ -71,6 +72,15 @@ def model_token_logprobs(
             logits = torch.tanh(logits / softcap) * softcap
         logp, entropy = token_logprobs_from_logits(logits, targets, temperature, compute_entropy)
     return _scatter(logp, response_mask), (_scatter(entropy, response_mask) if entropy is not None else None)
+
+
+def _fusable_head(head: nn.Module) -> bool:
+    """A plain Linear whose parameters are materialised outside its forward.
+
+    DeepSpeed ZeRO-3 partitions parameters (marked by `ds_id`) and gathers them only inside the
+    owning module's forward/backward hooks: there the head must be called as a module.
+    """
+    return isinstance(head, nn.Linear) and not any(hasattr(p, "ds_id") for p in head.parameters())
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -124,6 +124,22 @@ def test_lora(targets):
     _assert_close_grads(got_grads, want_grads)
 
 
+def test_zero3_partitioned_head_is_called_as_a_module(monkeypatch):
+    """ZeRO-3 gathers a head's parameters only inside its module call: no fused op on them."""
+    from rlpost.ops import model_logprobs
+
+    def fail(*args, **kwargs):
+        raise AssertionError("fused op used on a partitioned head")
+
+    monkeypatch.setattr(model_logprobs, "fused_token_logprobs", fail)
+    model = _tiny_llama(tied=False)
+    model.lm_head.weight.ds_id = 0  # what DeepSpeed ZeRO-3 attaches to partitioned parameters
+    batch = _batch()
+    logp, _ = model_token_logprobs(model, *batch, fused=True)
+    want, _ = _reference(model, *batch, 1.0)
+    torch.testing.assert_close(logp, want.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_empty_response_mask():
     model = _tiny_llama(tied=True)
     input_ids, attention_mask, response_index, response_mask = _batch()
