@@ -495,7 +495,9 @@ class Learner:
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(Hugging Face name, tensor) of every policy weight, LoRA merged, gathered one at a time under ZeRO-3."""
         with self._merged() as model:
-            for name, tensor in model.state_dict().items():
+            # keep_vars: ZeRO-3 parameters keep the attributes GatheredParameters needs (a plain
+            # state_dict() holds their empty local shards).
+            for name, tensor in model.state_dict(keep_vars=True).items():
                 if "lora_" in name:
                     continue
                 yield name.replace(".base_layer.", "."), self._gathered(tensor)

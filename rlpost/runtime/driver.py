@@ -281,21 +281,12 @@ class RayTrainer:
     def _maybe_resume(self) -> int:
         import ray
 
-        from rlpost.io.checkpoint import CheckpointError, latest_checkpoint, verify_checkpoint
+        from rlpost.io.checkpoint import resume_checkpoint
         from rlpost.trainer import _load_rng
 
-        resume = self.config.train.resume
-        if resume == "never":
-            return 0
-        folder = latest_checkpoint(self.output_dir / "checkpoints") if resume == "auto" else Path(resume)
+        folder = resume_checkpoint(self.output_dir / "checkpoints", self.config.train.resume, self.digest)
         if folder is None:
             return 0
-        manifest = verify_checkpoint(folder)
-        if manifest["config_digest"] != self.digest:
-            raise CheckpointError(
-                f"checkpoint {folder} was written with a different config (digest {manifest['config_digest']} "
-                f"vs {self.digest}); use another train.output_dir or train.resume=never"
-            )
         ray.get([rank.load_state.remote(str(folder / "learner")) for rank in self.ranks])
         state = json.loads((folder / "trainer.json").read_text())
         self.sampler.load_state_dict(state["sampler"])

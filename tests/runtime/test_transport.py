@@ -51,7 +51,8 @@ def test_broadcast_group_delivers_every_tensor_and_times_out_cleanly(ray_session
     peer = ray.remote(num_cpus=0.1)(TransportPeer)
     root, first, second = peer.remote(), peer.remote(), peer.remote()
     port = free_loopback_port()
-    ray.get([p.join.remote("127.0.0.1", port, rank, 3, 2.0) for rank, p in enumerate((root, first, second))])
+    # 20 s: three actors starting on a loaded 2-core machine can take seconds to meet.
+    ray.get([p.join.remote("127.0.0.1", port, rank, 3, 20.0) for rank, p in enumerate((root, first, second))])
     weights = _weights()
     meta = weight_meta(weights.items(), torch.bfloat16)
     receiving = [p.receive_broadcast.remote(meta) for p in (first, second)]
