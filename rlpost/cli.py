@@ -29,10 +29,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rlpost.config import load_config
-    from rlpost.trainer import Trainer
+    from rlpost.runtime import train
 
     config = load_config(args.config, args.overrides)
-    metrics = Trainer(config).fit()
+    metrics = train(config)  # in-process, or Ray actors when cluster.runtime = ray
     summary = {key: metrics[key] for key in ("reward/mean", "train/accuracy", "eval/accuracy", "eval/boxed_rate") if key in metrics}
     print(json.dumps({"output_dir": config.train.output_dir, **summary}))
     return 0
