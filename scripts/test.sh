@@ -5,5 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 . .venv/bin/activate
 export OMP_WAIT_POLICY=PASSIVE
+# DeepSpeed's one-time C++ build (about a minute) goes into this checkout: a build lock left by a
+# process killed elsewhere on the machine cannot hang the suite.
+export TORCH_EXTENSIONS_DIR="$PWD/.cache/torch_extensions"
 rlpost model fetch smollm2-135m-instruct >/dev/null
 python -m pytest -q "$@"
