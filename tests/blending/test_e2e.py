@@ -14,29 +14,20 @@ from rlpost.config import load_config
 from rlpost.io.checkpoint import latest_checkpoint
 from rlpost.io.metrics import read_metrics
 from rlpost.trainer import Trainer
+from tests.e2e.test_trainer import TINY_RUN as TRAINER_TINY_RUN
 
 pytestmark = pytest.mark.slow
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PARITY_REWARD = Path(__file__).resolve().parent / "parity_reward.py"
 
+# The trainer e2e tests' tiny run; later overrides win (the blends need longer demonstrations).
 TINY_RUN = [
-    "train.prompts_per_step=2",
-    "rollout.n=3",
+    *TRAINER_TINY_RUN,
     "rollout.max_new_tokens=16",
-    "rollout.dtype=float32",
     "rollout.engine=hf",
-    "learner.backend=torch",
     "train.threads=1",
     "reward.num_workers=1",
-    "eval.num_problems=3",
-    "eval.every_steps=0",
-    "eval.at_start=false",
-    "checkpoint.every_steps=1",
-    "logging.progress_bar=false",
-    "logging.tensorboard=false",
-    "data.arithmetic.train_size=50",
-    "data.arithmetic.test_size=10",
 ]
 
 # Short schedules so that 3 steps exercise warm-up, hybrid steps and (AMFT) meta-gradient steps.
