@@ -1,7 +1,8 @@
 """The `rlpost` command line.
 
-Errors a user can fix (config, data, reward function, model path, checkpoint) print one clear
-message and exit with status 2; `--debug` shows the traceback.
+Errors a user can fix (config, data, reward function or its workers, model path, a checkpoint that
+cannot be read or written) print one clear message and exit with status 2; `--debug` shows the
+traceback. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlpost.data import DatasetError
     from rlpost.io.checkpoint import CheckpointError
     from rlpost.models import ModelNotFoundError
-    from rlpost.rewards import RewardFunctionError
+    from rlpost.rewards import RewardFunctionError, RewardWorkerError
 
-    return (ConfigError, DatasetError, RewardFunctionError, CheckpointError, ModelNotFoundError)
+    return (ConfigError, DatasetError, RewardFunctionError, RewardWorkerError, CheckpointError, ModelNotFoundError)
+
+
+def _override_given_as_config(args: argparse.Namespace) -> None:
+    """`rlpost train a.b=1`: the config file is optional, so a first argument with `=` is an override."""
+    if getattr(args, "overrides", None) is None or not args.config:
+        return
+    if "=" in args.config and not Path(args.config).exists():
+        args.overrides.insert(0, args.config)
+        args.config = None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -157,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _override_given_as_config(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)

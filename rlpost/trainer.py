@@ -25,13 +25,13 @@ from rlpost.blending.demos import Demonstrations
 from rlpost.blending.runner import blended_update
 from rlpost.config.loader import dump_config
 from rlpost.config.schema import RLPostConfig
-from rlpost.data import build_prompts, load_rows
+from rlpost.data import build_prompts, build_training_prompts, load_rows
 from rlpost.evaluation import EVAL_REWARDS, evaluate
 from rlpost.io.checkpoint import prune_checkpoints, resume_checkpoint, write_checkpoint
 from rlpost.io.metrics import MetricsLogger
 from rlpost.learner.batch import build_train_batch, prepare_update
 from rlpost.learner.learner import Learner
-from rlpost.models import resolve_model
+from rlpost.models import ModelNotFoundError, resolve_model
 from rlpost.objectives.registry import get_objective
 from rlpost.rewards.manager import RewardManager
 from rlpost.rollout import build_engine
@@ -77,27 +77,25 @@ class Trainer:
     """Owns one run: builds every component from the config, trains, checkpoints, exports."""
 
     def __init__(self, config: RLPostConfig):
-        from transformers import AutoTokenizer
-
         self.config = config
         self.output_dir = Path(config.train.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.digest = config_digest(config)
+        # Found (and a checkpoint of another config refused) before any model loads: a mistake fails in seconds.
+        self.resume_folder = resume_checkpoint(self.output_dir / "checkpoints", config.train.resume, self.digest)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         _seed_everything(config.train.seed)
         self.model_path = resolve_model(config.model.path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = load_tokenizer(self.model_path)
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
-        train_set = build_prompts(load_rows(config.data.train, config.data.split, data_config=config.data), self.tokenizer, config.data)
-        self.train_prompts = train_set.prompts
-        self.skipped_prompts = train_set.skipped_overlong
+        train_rows = load_rows(config.data.train, config.data.split, data_config=config.data)
+        self.train_prompts = build_training_prompts(train_rows, self.tokenizer, config.data).prompts
         self.test_prompts = []
         if config.data.test:
             test_rows = load_rows(config.data.test, config.data.test_split, data_config=config.data)
             self.test_prompts = build_prompts(test_rows, self.tokenizer, config.data).prompts
-        if not self.train_prompts:
-            raise ValueError(f"no training prompts left from {config.data.train!r} (all skipped as too long?)")
         self._setup_blending()
 
         self.sampler = build_sampler(
@@ -108,13 +106,16 @@ class Trainer:
             seed=config.train.seed,
         )
         self.rewards = RewardManager(config.reward)
-        self.eval_rewards = RewardManager(EVAL_REWARDS.model_copy(update={"num_workers": config.reward.num_workers}))
+        # No evaluation data, no evaluation reward workers.
+        self.eval_rewards = (
+            RewardManager(EVAL_REWARDS.model_copy(update={"num_workers": config.reward.num_workers}))
+            if self.test_prompts else None
+        )
         self.objective = get_objective(config.objective.name)(config.objective, config.rollout.max_new_tokens)
         self.learner = Learner(config, self.model_path, self.objective, total_steps=config.train.steps)
         if self.blender is not None and self.blender.combines_gradients:
             self.learner.check_gradient_access()
         self.engine = build_engine(config.rollout, self.model_path, seed=config.train.seed)
-        self.digest = config_digest(config)
         self.start_step = self._maybe_resume()
         self.metrics = MetricsLogger(self.output_dir, config.logging, config.model_dump(mode="json"), self.start_step)
         (self.output_dir / "config.yaml").write_text(dump_config(config))
@@ -123,7 +124,7 @@ class Trainer:
     # ---- resume -----------------------------------------------------------------------------
 
     def _maybe_resume(self) -> int:
-        folder = resume_checkpoint(self.output_dir / "checkpoints", self.config.train.resume, self.digest)
+        folder = self.resume_folder
         if folder is None:
             return 0
         self.learner.load_state(folder / "learner")
@@ -245,8 +246,6 @@ class Trainer:
         self.demos = None
         if self.blender is None:
             return
-        if config.learner.updates_per_batch != 1:
-            raise ValueError(f"blending.name = {config.blending.name} needs learner.updates_per_batch = 1")
         if self.tokenizer.eos_token_id is None:
             raise ValueError("SFT demonstrations end with the end-of-sequence token: the tokenizer has none")
         self.train_prompts, self.validation_prompts = self.blender.split_validation(self.train_prompts)
@@ -310,8 +309,23 @@ class Trainer:
     def close(self) -> None:
         self.metrics.close()
         self.rewards.close()
-        self.eval_rewards.close()
+        if self.eval_rewards is not None:
+            self.eval_rewards.close()
         self.engine.close()
+
+
+def load_tokenizer(model_path: str):
+    """The model's tokenizer; a folder without one or an unreachable Hub id is a `ModelNotFoundError`."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as exc:  # transformers: OSError when nothing is found, ValueError for no tokenizer files
+        reason = str(exc).strip().splitlines()[0]
+        raise ModelNotFoundError(
+            f"model.path: cannot load a tokenizer from {model_path!r} ({reason}); "
+            "a model folder needs the tokenizer files saved with the model"
+        ) from exc
 
 
 def _progress(config: RLPostConfig, start: int):

@@ -38,6 +38,25 @@ def tiny_model_path(tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def tiny_chat_model_path(tmp_path_factory, smollm2_path) -> str:
+    """A 2-layer random Llama with SmolLM2's tokenizer and chat template: the trainer runs end to end in seconds."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-chat-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def make_groups(num_groups: int, sizes: list[int] | None = None, vocab: int = 128, seed: int = 0) -> list[Group]:
     """Scored groups of random token sequences (unequal lengths), rewards in {0, 1}."""
     rng = random.Random(seed)

@@ -62,7 +62,9 @@ def _describe(root: type[BaseModel], error: dict) -> str:
 
 
 def format_validation_error(root: type[BaseModel], exc: ValidationError, source: str) -> ConfigError:
-    """One ConfigError listing every problem of a failed validation."""
+    """One ConfigError listing every problem of a failed validation (on one line when there is one)."""
     lines = [_describe(root, error) for error in exc.errors()]
-    header = f"invalid config ({source}):"
-    return ConfigError("\n".join([header] + [f"  - {line}" for line in lines]))
+    header = f"invalid config ({source})"
+    if len(lines) == 1:
+        return ConfigError(f"{header}: {lines[0]}")
+    return ConfigError("\n".join([f"{header}:"] + [f"  - {line}" for line in lines]))

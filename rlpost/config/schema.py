@@ -261,9 +261,21 @@ class RLPostConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RLPostConfig:
+        # learner.micro_batch_size need not divide the batch: the last micro-batch is smaller and the update
+        # is the same (losses are normalised over the whole step), so that combination is allowed.
         if self.objective.normalize_adv_by_std and self.rollout.n == 1 and self.sampler.name == "uniform":
             raise ValueError(
                 "rollout.n = 1 gives groups of one completion: group-normalised advantages are all zero. "
                 "Use rollout.n >= 2"
+            )
+        if self.blending.name != "none" and self.learner.updates_per_batch != 1:
+            raise ValueError(
+                f"blending.name = {self.blending.name} needs learner.updates_per_batch = 1, "
+                f"not {self.learner.updates_per_batch}"
+            )
+        if self.learner.zero_stage > 0 and self.learner.backend != "deepspeed":
+            raise ValueError(
+                f"learner.zero_stage = {self.learner.zero_stage} needs learner.backend = deepspeed "
+                f"(the {self.learner.backend} backend does not shard); set learner.zero_stage = 0"
             )
         return self

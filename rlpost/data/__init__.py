@@ -2,13 +2,14 @@
 
 - `load_rows(source, split, data_config=...)`: rows with canonical `question`, `answer` (and optional
   `solution`) fields.
-- `build_prompts(rows, tokenizer, data_config)`: `PromptSet` of templated, tokenised `Prompt`s.
+- `build_prompts(rows, tokenizer, data_config)`: `PromptSet` of templated, tokenised `Prompt`s;
+  `build_training_prompts` also refuses a set that the length filter left empty.
 - `generate_arithmetic(...)`: the built-in word-problem task.
 """
 
 from rlpost.data.arithmetic import generate_arithmetic
 from rlpost.data.errors import DatasetError
 from rlpost.data.loading import load_rows
-from rlpost.data.prompts import PromptSet, build_prompts
+from rlpost.data.prompts import PromptSet, build_prompts, build_training_prompts
 
-__all__ = ["DatasetError", "PromptSet", "build_prompts", "generate_arithmetic", "load_rows"]
+__all__ = ["DatasetError", "PromptSet", "build_prompts", "build_training_prompts", "generate_arithmetic", "load_rows"]

@@ -40,11 +40,11 @@ def build_prompts(rows: list[dict], tokenizer: Any, data_config: DataConfig) -> 
     token_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     ids = _prompt_ids(rows)
     result = PromptSet()
-    for prompt_id, text, ids_of_text, row in zip(ids, texts, token_ids, rows):
+    for position, (prompt_id, text, ids_of_text, row) in enumerate(zip(ids, texts, token_ids, rows), start=1):
         if len(ids_of_text) > data_config.max_prompt_tokens:
             if data_config.overlong_prompts == "error":
                 raise DatasetError(
-                    f"prompt {prompt_id!r} has {len(ids_of_text)} tokens, over data.max_prompt_tokens = "
+                    f"row {position} (prompt {prompt_id!r}) has {len(ids_of_text)} tokens, over data.max_prompt_tokens = "
                     f"{data_config.max_prompt_tokens} (raise it, or set data.overlong_prompts: skip)"
                 )
             result.skipped_overlong += 1
@@ -54,6 +54,17 @@ def build_prompts(rows: list[dict], tokenizer: Any, data_config: DataConfig) -> 
         log.warning(
             "skipped %d of %d prompts longer than data.max_prompt_tokens = %d",
             result.skipped_overlong, len(rows), data_config.max_prompt_tokens,
+        )
+    return result
+
+
+def build_training_prompts(rows: list[dict], tokenizer: Any, data_config: DataConfig) -> PromptSet:
+    """`build_prompts` for training: a `DatasetError` when the length filter leaves no prompt."""
+    result = build_prompts(rows, tokenizer, data_config)
+    if not result.prompts:
+        raise DatasetError(
+            f"{data_config.train}: all {len(rows)} prompts are longer than data.max_prompt_tokens = "
+            f"{data_config.max_prompt_tokens}, so none is left to train on (raise data.max_prompt_tokens)"
         )
     return result
 

@@ -3,7 +3,8 @@
 A checkpoint is written into `ckpt-XXXXXXXX.tmp`, every file fsynced, a manifest with the
 SHA-256 of each file written last, then the folder renamed to `ckpt-XXXXXXXX`. A folder is
 complete iff it has its final name and its manifest matches: a crash at any moment leaves
-either a complete checkpoint or a `.tmp` folder that is ignored (and cleaned up later).
+either a complete checkpoint or a `.tmp` folder that is ignored (and cleaned up later). A write
+that fails with an OSError (a full disk) removes its `.tmp` folder at once and raises `CheckpointError`.
 """
 
 from __future__ import annotations
@@ -59,20 +60,30 @@ def write_checkpoint(root: Path, step: int, write_files: Callable[[Path], None],
     partial = root / (final.name + ".tmp")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    write_files(partial)
-    files = {
-        str(path.relative_to(partial)): _sha256(path)
-        for path in sorted(partial.rglob("*"))
-        if path.is_file()
-    }
-    manifest = {"step": step, "config_digest": config_digest, "files": files}
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    _fsync_tree(partial)
+    try:
+        write_files(partial)
+        files = {
+            str(path.relative_to(partial)): _sha256(path)
+            for path in sorted(partial.rglob("*"))
+            if path.is_file()
+        }
+        manifest = {"step": step, "config_digest": config_digest, "files": files}
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _fsync_tree(partial)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)  # frees the space a full disk needs for the next attempt
+        raise CheckpointError(_write_failure(root, final.name, exc)) from exc
     if final.exists():
         shutil.rmtree(final)
     os.rename(partial, final)
     _fsync_dir(root)
     return final
+
+
+def _write_failure(root: Path, name: str, exc: OSError) -> str:
+    newest = latest_checkpoint(root)
+    resume = f"train.resume=auto continues from {newest.name}" if newest else "there is no complete checkpoint yet"
+    return f"cannot write checkpoint {name} in {root}: {exc.strerror or exc}; {resume} once the cause is fixed"
 
 
 def verify_checkpoint(folder: Path) -> dict:

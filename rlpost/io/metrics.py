@@ -28,11 +28,14 @@ class MetricsLogger:
             path = output_dir / METRICS_FILE
             if resume_step and path.exists():
                 _truncate_after(path, resume_step)
-            self._jsonl = path.open("a")
+            # A fresh run replaces what an earlier run in this folder logged (killed before its first checkpoint).
+            self._jsonl = path.open("a" if resume_step else "w")
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            # Hides the events of steps the previous process logged after the checkpoint (all, on a fresh start).
+            purge_step = resume_step + 1 if resume_step else 0
+            self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge_step)
         if config.wandb_project:
             import wandb
 
@@ -60,11 +63,19 @@ class MetricsLogger:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Drop records after `step` (written after the checkpoint a resumed run starts from).
+    """Drop records after `step`: a process killed after its last checkpoint logged steps its successor redoes.
 
-    Records are keyed by steps done, so the checkpoint of step k keeps records 0..k."""
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    Records are keyed by steps done, so resuming from the checkpoint of step k keeps records 0..k."""
+    kept = [line for line in path.read_text().splitlines() if _record_step(line) <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _record_step(line: str) -> float:
+    """The step of a record; infinity (dropped) for a blank line or the torn last line of a killed process."""
+    try:
+        return json.loads(line)["step"]
+    except json.JSONDecodeError:
+        return math.inf
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

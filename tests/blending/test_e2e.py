@@ -91,28 +91,9 @@ def test_config_trains_end_to_end_on_smollm2(tmp_path, smollm2_path, name):
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
-@pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory, smollm2_path) -> str:
-    """A 2-layer random Llama with SmolLM2's tokenizer and chat template: the trainer runs end to end in seconds."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny-chat-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.mark.parametrize("name", ["sasr", "hpt", "amft"])
-def test_resume_continues_the_controller_schedule(tmp_path, tiny_chat_model, name):
-    model = [f"model.path={tiny_chat_model}", f"reward.functions=[{{name: '{PARITY_REWARD}:parity'}}]", "reward.correct_reward=null",
+def test_resume_continues_the_controller_schedule(tmp_path, tiny_chat_model_path, name):
+    model = [f"model.path={tiny_chat_model_path}", f"reward.functions=[{{name: '{PARITY_REWARD}:parity'}}]", "reward.correct_reward=null",
              "optimizer.lr=1.0e-3", *RESUME[name]]
     uninterrupted = _train(tmp_path, "a", name, *model, "train.steps=3")
     first_part = _train(tmp_path, "b", name, *model, "train.steps=2")

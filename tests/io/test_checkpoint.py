@@ -1,5 +1,8 @@
 """Checkpoints are complete or ignored: temp name + fsync + rename, verified by a manifest."""
 
+import errno
+import os
+
 import pytest
 
 from rlpost.io.checkpoint import (
@@ -34,14 +37,28 @@ def test_crash_during_write_leaves_no_complete_checkpoint(tmp_path):
 
     def crash(folder):
         (folder / "weights.bin").write_bytes(b"partial")
-        raise OSError("disk full")
+        raise RuntimeError("bug")
 
-    with pytest.raises(OSError):
+    with pytest.raises(RuntimeError, match="bug"):
         write_checkpoint(tmp_path, 10, crash, "digest")
     assert (tmp_path / "ckpt-00000010.tmp").exists()
     assert latest_checkpoint(tmp_path).name == "ckpt-00000005"
     prune_checkpoints(tmp_path, keep_last=2)
     assert not (tmp_path / "ckpt-00000010.tmp").exists()
+
+
+def test_disk_full_removes_the_partial_folder_and_names_the_checkpoint_to_resume_from(tmp_path):
+    write_checkpoint(tmp_path, 5, _write(b"a"), "digest")
+
+    def disk_full(folder):
+        (folder / "weights.bin").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    expected = r"cannot write checkpoint ckpt-00000010 in .*: No space left on device; train.resume=auto continues from ckpt-00000005"
+    with pytest.raises(CheckpointError, match=expected):
+        write_checkpoint(tmp_path, 10, disk_full, "digest")
+    assert [path.name for path in tmp_path.iterdir()] == ["ckpt-00000005"]
+    verify_checkpoint(tmp_path / "ckpt-00000005")
 
 
 def test_corrupted_file_is_detected_and_skipped(tmp_path):
