@@ -153,7 +153,17 @@ class VadeSampler(PromptSampler):
                 prior_b=cfg.prior_beta,
             )
             self.visits[index] += 1
-        return {"sampler/vade/never_visited_frac": float(np.mean(self.visits == 0))}
+        return self._posterior_metrics()
+
+    def _posterior_metrics(self) -> dict[str, float]:
+        """Summary of the updated posteriors of every prompt visited so far (unvisited ones sit at the prior)."""
+        visited = self.visits > 0
+        mean, var = beta_mean_var(self.alpha[visited], self.beta[visited])
+        return {
+            "sampler/vade/never_visited_frac": float(np.mean(~visited)),
+            "sampler/vade/visited_posterior_mean": float(mean.mean()) if visited.any() else 0.0,
+            "sampler/vade/visited_posterior_var": float(var.mean()) if visited.any() else 0.0,
+        }
 
     def posterior(self, prompt_id: str) -> tuple[float, float]:
         """Current Beta(a, b) of a prompt."""

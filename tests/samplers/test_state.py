@@ -25,7 +25,7 @@ def _build(name: str, seed: int = 11):
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_draws_identical_future_batches(name):
     sampler = _build(name)
-    run_steps(sampler, RATES, range(0, 9))
+    run_steps(sampler, RATES, range(9))
     saved = json.loads(json.dumps(sampler.state_dict()))  # must be plain JSON
 
     expected, expected_metrics = run_steps(sampler, RATES, range(9, 25))
@@ -40,7 +40,7 @@ def test_resume_draws_identical_future_batches(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_next_batch_repeats_after_reloading_the_state_saved_before_it(name):
     sampler = _build(name)
-    run_steps(sampler, RATES, range(0, 5))
+    run_steps(sampler, RATES, range(5))
     saved = json.loads(json.dumps(sampler.state_dict()))
     first = [(p.prompt_id, n) for p, n in sampler.next_batch(5)]
     sampler.load_state_dict(saved)
@@ -51,7 +51,7 @@ def test_next_batch_repeats_after_reloading_the_state_saved_before_it(name):
 def test_knapsack_state_is_exercised_by_the_round_trip():
     """Guard for the test above: by the save point Knapsack already allocates unequally."""
     sampler = _build("knapsack")
-    batches, _ = run_steps(sampler, RATES, range(0, 12))
+    batches, _ = run_steps(sampler, RATES, range(12))
     assert any(len({n for _, n in batch}) > 1 for batch in batches)
 
 

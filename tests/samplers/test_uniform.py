@@ -1,10 +1,12 @@
-"""Uniform sampler: seeded epoch shuffles, coverage, drop-last epochs."""
+"""Uniform sampler: seeded epoch shuffles, coverage, drop-last epochs; the metrics every sampler reports."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from rlpost.samplers import EpochOrder, UniformSampler
+from rlpost.samplers.outcomes import BUDGET_BIN_LABELS, budget_histogram
 from tests.samplers.sampler_helpers import make_group, make_prompts
 
 
@@ -64,8 +66,28 @@ def test_update_reports_zero_variance_and_budget_metrics():
     ]
     metrics = sampler.update(groups)
     assert metrics["sampler/zero_variance_frac"] == pytest.approx(2 / 3)
+    assert metrics["sampler/zero_variance_rollout_frac"] == pytest.approx(6 / 10)
     assert metrics["sampler/effective_prompts"] == 1
     assert (metrics["sampler/budget_min"], metrics["sampler/budget_max"]) == (2, 4)
     assert metrics["sampler/budget_mean"] == pytest.approx(10 / 3)
     assert metrics["sampler/solve_all_frac"] == pytest.approx(1 / 3)
     assert metrics["sampler/solve_none_frac"] == pytest.approx(1 / 3)
+    histogram = {key: value for key, value in metrics.items() if key.startswith("sampler/budget_hist/")}
+    assert histogram == {f"sampler/budget_hist/{label}": 0.0 for label in BUDGET_BIN_LABELS} | {
+        "sampler/budget_hist/2-3": 1.0,
+        "sampler/budget_hist/4-7": 2.0,
+    }
+
+
+def test_budget_histogram_bins_are_powers_of_two_with_an_open_last_bin():
+    sizes = np.array([1, 2, 3, 4, 7, 8, 15, 16, 64, 127, 128, 300])
+    assert budget_histogram(sizes) == {
+        "sampler/budget_hist/1": 1.0,
+        "sampler/budget_hist/2-3": 2.0,
+        "sampler/budget_hist/4-7": 2.0,
+        "sampler/budget_hist/8-15": 2.0,
+        "sampler/budget_hist/16-31": 1.0,
+        "sampler/budget_hist/32-63": 0.0,
+        "sampler/budget_hist/64-127": 2.0,
+        "sampler/budget_hist/128+": 2.0,
+    }

@@ -114,6 +114,11 @@ def test_selection_metrics_describe_the_selected_posteriors():
     assert metrics["sampler/vade/selected_posterior_mean"] == pytest.approx(2 / 6)
     assert metrics["sampler/vade/selected_posterior_var"] == pytest.approx(2 * 4 / (6**2 * 7))
     assert metrics["sampler/vade/unseen_selected"] == 0
+    # After the update: the 2 selected prompts at (4, 6), the 4 others still at (2, 4).
+    assert metrics["sampler/vade/visited_posterior_mean"] == pytest.approx((4 * 2 / 6 + 2 * 4 / 10) / 6)
+    assert metrics["sampler/vade/visited_posterior_var"] == pytest.approx(
+        (4 * 2 * 4 / (6**2 * 7) + 2 * 4 * 6 / (10**2 * 11)) / 6
+    )
 
 
 def test_vade_produces_fewer_zero_variance_groups_than_uniform():
