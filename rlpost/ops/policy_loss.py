@@ -108,18 +108,17 @@ def _policy_loss_op(
     )
 
 
+# The fake and CUDA kernels take the op's arguments as they come (see the op for their names).
 @_policy_loss_op.register_fake
-def _(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef, kl_estimator):
+def _(logp, *rest):
     return torch.empty_like(logp)
 
 
 @_policy_loss_op.register_kernel("cuda")
-def _(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef, kl_estimator):
+def _(*op_inputs):
     from rlpost.ops import triton_kernels
 
-    return triton_kernels.policy_loss_forward(
-        logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef, kl_estimator
-    )
+    return triton_kernels.policy_loss_forward(*op_inputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,20 +146,15 @@ def _policy_loss_backward_op(
 
 
 @_policy_loss_backward_op.register_fake
-def _(grad_loss, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef,
-      kl_estimator):
+def _(grad_loss, logp, *rest):
     return torch.empty_like(logp)
 
 
 @_policy_loss_backward_op.register_kernel("cuda")
-def _(grad_loss, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef,
-      kl_estimator):
+def _(*op_inputs):
     from rlpost.ops import triton_kernels
 
-    return triton_kernels.policy_loss_backward(
-        grad_loss, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef,
-        kl_estimator,
-    )
+    return triton_kernels.policy_loss_backward(*op_inputs)
 
 
 def _setup_context(ctx, inputs, output) -> None:

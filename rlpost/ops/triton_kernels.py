@@ -282,42 +282,11 @@ def _launch_policy_loss(
     return out.reshape(shape)
 
 
-def policy_loss_forward(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    ref_logp: Optional[Tensor],
-    clip_low: float,
-    clip_high: float,
-    clip_c: Optional[float],
-    clip_enabled: bool,
-    kl_coef: float,
-    kl_estimator: str,
-) -> Tensor:
-    """Triton twin of `rlpost::policy_loss`: masked per-token loss [N, T]."""
-    return _launch_policy_loss(
-        None, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef,
-        kl_estimator,
-    )
+def policy_loss_forward(*op_inputs) -> Tensor:
+    """Triton twin of `rlpost::policy_loss` (same arguments): masked per-token loss [N, T]."""
+    return _launch_policy_loss(None, *op_inputs)
 
 
-def policy_loss_backward(
-    grad_loss: Tensor,
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    ref_logp: Optional[Tensor],
-    clip_low: float,
-    clip_high: float,
-    clip_c: Optional[float],
-    clip_enabled: bool,
-    kl_coef: float,
-    kl_estimator: str,
-) -> Tensor:
-    """Triton twin of `rlpost::policy_loss_backward`: grad_loss · dloss/dlogp, 0 where masked."""
-    return _launch_policy_loss(
-        grad_loss, logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, clip_c, clip_enabled, kl_coef,
-        kl_estimator,
-    )
+def policy_loss_backward(grad_loss: Tensor, *op_inputs) -> Tensor:
+    """Triton twin of `rlpost::policy_loss_backward` (same arguments): grad_loss · dloss/dlogp, 0 where masked."""
+    return _launch_policy_loss(grad_loss, *op_inputs)
