@@ -110,6 +110,11 @@ class VcpoConfig(Section):
     """ESS ratio rho = ESS / B at which the full learning rate is used."""
     ess_use_clipped: bool = False
     """Compute the ESS from the truncated weights instead of the raw ones (both are logged)."""
+    opob: bool = False
+    """Use the off-policy optimal baseline b* per group instead of GRPO advantages: one backward pass per
+    trajectory (advantage 1) and two gradient-sized buffers. Needs objective.kl_coef = 0 and
+    entropy_coef = 0, and direct gradient access (learner.backend torch, or deepspeed with zero_stage 0,
+    float32 weights, one rank). The recipe enables it (configs/vcpo.yaml); the code's own default is off."""
     opob_norm_by_std: bool = True
     """OPOB: divide (R - b) by the group's population reward std (the recipe); false uses R - b."""
     opob_use_is_weights: bool = True

@@ -102,8 +102,8 @@ def build_train_batch(groups: list[Group], pad_token_id: int) -> TrainBatch:
             correct.append(bool(group.correct[c]) if group.correct else False)
             truncated.append(completion.finish_reason == "length")
             versions.append(completion.policy_version)
-            for name in components:
-                components[name].append(group.reward_components[name][c])
+            for name, values in components.items():
+                values.append(group.reward_components[name][c])
 
     n = len(rows)
     seq_len = max((len(p) + len(r) for p, r, _ in rows), default=1)

@@ -21,7 +21,15 @@ from safetensors.torch import load_file, save_file
 from rlpost.blending.base import BlendPlan, BlendProbe
 from rlpost.config.schema import RLPostConfig
 from rlpost.learner.batch import PolicyTargets, TrainBatch, micro_batches
-from rlpost.learner.distributed import all_reduce_sum, ensure_process_group, world_size
+from rlpost.learner.distributed import (
+    all_gather_objects,
+    all_gather_rows,
+    all_reduce_sum,
+    ensure_process_group,
+    sum_over_ranks,
+    world_size,
+)
+from rlpost.learner.opob import accumulate_opob_gradients
 from rlpost.learner.optim import build_optimizer, build_scheduler
 from rlpost.objectives.base import LossInputs, Objective, StepScale
 from rlpost.objectives.sft import SFTLoss
@@ -65,6 +73,59 @@ def load_policy(config: RLPostConfig, model_path: str) -> torch.nn.Module:
 
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "get_base_model") and hasattr(model, "merge_adapter")
+
+
+def hf_model(policy: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside the policy: peft's wrapper removed (adapted layers stay in it,
+    their base weight under `<layer>.base_layer.weight`)."""
+    return policy.get_base_model() if _is_peft(policy) else policy
+
+
+def lora_layers_by_weight_name(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Each LoRA-adapted layer of `model`, keyed by the state-dict name of the base weight it adapts."""
+    from peft.tuners.lora import LoraLayer
+
+    return {
+        f"{prefix}.base_layer.weight": module
+        for prefix, module in model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+
+
+def merged_lora_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """The layer's base weight with its active adapters merged (W + scaling·B@A each), as a new tensor.
+
+    The same sum as peft's `merge` (which adds `get_delta_weight` into W), on a copy: merging into
+    the live W and unmerging afterwards leaves W off by rounding after every export, and a reader of
+    the live W sees the unmerged values again once the export ends. Dropout acts on activations
+    only, so it plays no part in the merged weight.
+    """
+    merged = layer.get_base_layer().weight.detach().clone()
+    with torch.no_grad():
+        for adapter in layer.active_adapters:
+            if adapter in layer.scaling:
+                merged += layer.get_delta_weight(adapter)
+    return merged
+
+
+def step_metrics(shares: dict[str, float], global_values: dict[str, float]) -> dict[str, float]:
+    """One optimizer step's metrics, the same on every rank.
+
+    `shares`: this rank's additive part of each step value (losses, entropy, KL, clip fractions are
+    normalised by the all-reduced `StepScale`), summed over ranks. `global_values`: already the
+    same on every rank (gradient norm after the gradient all-reduce, learning rate, values computed
+    from every rank's data).
+    """
+    return {**sum_over_ranks(all_gather_objects(shares)), **global_values}
+
+
+def lr_scale_inputs(logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`Objective.lr_scale`'s inputs over every rank's sequences of the step.
+
+    VCPO scales the learning rate by the effective sample size of the whole step: from one rank's
+    rows alone, ranks would pick different learning rates and their weights would drift apart.
+    """
+    return {"logp": all_gather_rows(logp), "behaviour_logp": all_gather_rows(behaviour_logp), "mask": all_gather_rows(mask)}
 
 
 class Learner:
@@ -167,8 +228,8 @@ class Learner:
         metrics: dict[str, list[tuple[float, float]]] = defaultdict(list)
         order = torch.randperm(batch.size) if self.config.learner.updates_per_batch > 1 else torch.arange(batch.size)
         for mini_rows in order.chunk(self.config.learner.updates_per_batch):
-            step_metrics = self._update(batch, mini_rows, targets, old_logp, ref_logp)
-            for key, value in step_metrics.items():
+            update_metrics = self._update(batch, mini_rows, targets, old_logp, ref_logp)
+            for key, value in update_metrics.items():
                 metrics[key].append((value, 1.0))
         return {key: sum(v for v, _ in values) / len(values) for key, values in metrics.items()}
 
@@ -187,41 +248,46 @@ class Learner:
     ) -> dict[str, float]:
         scale = self._step_scale(batch, rows)
         advantages, token_weights = targets.advantages, targets.token_weights
-        step_metrics: dict[str, float] = defaultdict(float)
-        total_loss = 0.0
-        micro_rows = micro_batches(len(rows), self.config.learner.micro_batch_size)
-        current_logp = torch.zeros_like(batch.response_mask[rows])
-        for index, local in enumerate(micro_rows):
-            picked = rows[local]
-            sub = batch.select(picked)
-            width = sub.response_mask.shape[1]
-            logp, entropy = self.token_logprobs(self.module, sub, compute_entropy=self.objective.needs_entropy)
-            inputs = LossInputs(
-                logp=logp,
-                old_logp=old_logp[picked, :width] if old_logp is not None else logp.detach(),
-                advantages=advantages[picked] if advantages.dim() == 1 else advantages[picked, :width],
-                mask=sub.response_mask,
-                ref_logp=ref_logp[picked, :width] if ref_logp is not None else None,
-                entropy=entropy,
-                token_ids=sub.response_ids,
-                group_index=sub.group_index,
-                behaviour_logp=sub.behaviour_logp,
-                token_weights=token_weights[picked, :width] if token_weights is not None else None,
-            )
-            loss, loss_metrics = self.objective.compute_loss(inputs, scale)
-            # DeepSpeed/DDP average gradients over ranks; our loss is already a global sum-normalised value.
-            self._backward(loss * world_size(), is_last=index == len(micro_rows) - 1)
-            total_loss += float(loss.detach())
-            # Loss metrics are this micro-batch's share of the step value: they add up.
-            for key, value in loss_metrics.items():
-                step_metrics[key] += float(value)
-            current_logp[local, :width] = logp.detach().float()
+        if self.objective.per_trajectory_baseline:
+            total_loss, loss_metrics_sum, current_logp = accumulate_opob_gradients(self, batch, rows, scale, old_logp)
+        else:
+            loss_metrics_sum: dict[str, float] = defaultdict(float)
+            total_loss = 0.0
+            micro_rows = micro_batches(len(rows), self.config.learner.micro_batch_size)
+            current_logp = torch.zeros_like(batch.response_mask[rows])
+            for index, local in enumerate(micro_rows):
+                picked = rows[local]
+                sub = batch.select(picked)
+                width = sub.response_mask.shape[1]
+                logp, entropy = self.token_logprobs(self.module, sub, compute_entropy=self.objective.needs_entropy)
+                inputs = LossInputs(
+                    logp=logp,
+                    old_logp=old_logp[picked, :width] if old_logp is not None else logp.detach(),
+                    advantages=advantages[picked] if advantages.dim() == 1 else advantages[picked, :width],
+                    mask=sub.response_mask,
+                    ref_logp=ref_logp[picked, :width] if ref_logp is not None else None,
+                    entropy=entropy,
+                    token_ids=sub.response_ids,
+                    group_index=sub.group_index,
+                    behaviour_logp=sub.behaviour_logp,
+                    token_weights=token_weights[picked, :width] if token_weights is not None else None,
+                )
+                loss, loss_metrics = self.objective.compute_loss(inputs, scale)
+                # DeepSpeed/DDP average gradients over ranks; our loss is already a global sum-normalised value.
+                self._backward(loss * world_size(), is_last=index == len(micro_rows) - 1)
+                total_loss += float(loss.detach())
+                # Loss metrics are this micro-batch's share of the step value: they add up.
+                for key, value in loss_metrics.items():
+                    loss_metrics_sum[key] += float(value)
+                current_logp[local, :width] = logp.detach().float()
         lr_factor, lr_metrics = self.objective.lr_scale(
-            {"logp": current_logp, "behaviour_logp": batch.behaviour_logp[rows], "mask": batch.response_mask[rows]}
+            lr_scale_inputs(current_logp, batch.behaviour_logp[rows], batch.response_mask[rows])
         )
         grad_norm, lr = self._optimizer_step(lr_factor)
         self.steps_taken += 1
-        return {"actor/loss": total_loss, "actor/grad_norm": grad_norm, "actor/lr": lr, **step_metrics, **lr_metrics}
+        return step_metrics(
+            {"actor/loss": total_loss, **loss_metrics_sum}, {"actor/grad_norm": grad_norm, "actor/lr": lr, **lr_metrics}
+        )
 
     def _backward(self, loss: torch.Tensor, is_last: bool) -> None:
         if self.engine is None:
@@ -229,6 +295,18 @@ class Learner:
             return
         self.engine.set_gradient_accumulation_boundary(is_last)
         self.engine.backward(loss)
+        self._end_micro_step()
+
+    def _end_micro_step(self) -> None:
+        """Close a ZeRO micro-step, as `DeepSpeedEngine.forward` does at the start of the next one.
+
+        The log-prob path calls the module's parts, not the engine, so without this ZeRO never
+        counts micro-steps and each micro-batch's gradient overwrites the previous one's.
+        """
+        from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+        if isinstance(self.engine.optimizer, ZeROOptimizer):
+            self.engine.optimizer.clear_backward_seen_flag()
 
     def _optimizer_step(self, lr_factor: float) -> tuple[float, float]:
         """Clip, step with the learning rate scaled for this step only, restore, advance the schedule."""
@@ -341,7 +419,7 @@ class Learner:
         lr_factor, lr_metrics = 1.0, {}
         if use_rl:
             lr_factor, lr_metrics = self.objective.lr_scale(
-                {"logp": rl.current_logp, "behaviour_logp": rl_batch.behaviour_logp, "mask": rl_batch.response_mask}
+                lr_scale_inputs(rl.current_logp, rl_batch.behaviour_logp, rl_batch.response_mask)
             )
         grad_norm, lr = self._optimizer_step(lr_factor)
         self.steps_taken += 1
@@ -349,20 +427,20 @@ class Learner:
         if plan.reset_reference:
             self.reset_reference()
         total = probe.rl_weight * (probe.rl_loss or 0.0) + probe.sft_weight * (probe.sft_loss or 0.0)
-        metrics = {
+        shares = {
             "actor/loss": total,
-            "actor/grad_norm": grad_norm,
-            "actor/lr": lr,
-            "blend/rl_weight": probe.rl_weight,
-            "blend/sft_weight": probe.sft_weight,
             "blend/rl_sequences": float(rl_batch.size) if use_rl else 0.0,
             "blend/sft_sequences": float(sft_batch.size) if use_sft else 0.0,
             **(rl.metrics if rl is not None else {}),
             **(sft.metrics if sft is not None else {}),
-            **lr_metrics,
         }
         if probe.val_loss is not None:
-            metrics["blend/val_loss"] = probe.val_loss
+            shares["blend/val_loss"] = probe.val_loss
+        metrics = step_metrics(
+            shares,
+            {"actor/grad_norm": grad_norm, "actor/lr": lr, "blend/rl_weight": probe.rl_weight,
+             "blend/sft_weight": probe.sft_weight, **lr_metrics},
+        )
         return metrics, probe
 
     def _accumulate(
@@ -432,17 +510,18 @@ class Learner:
             return
         if self.config.learner.zero_stage > 0 or self.config.model.dtype != "float32" or world_size() > 1:
             raise ValueError(
-                "this blending controller combines gradients itself: use learner.backend: torch, or deepspeed "
+                "combining gradients outside DeepSpeed (a blending controller that weighs gradients, VCPO's OPOB) "
+                "needs learner.backend: torch, or deepspeed "
                 "with learner.zero_stage: 0, model.dtype: float32 and a single learner rank"
             )
 
-    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
 
     def _take_gradients(self) -> list[torch.Tensor | None]:
         """The accumulated gradients (one per trainable parameter), leaving them cleared."""
         grads = []
-        for param in self._trainable_parameters():
+        for param in self.trainable_parameters():
             grads.append(param.grad)
             param.grad = None
         return grads
@@ -450,14 +529,14 @@ class Learner:
     def _dot_gradients(self, other: list[torch.Tensor | None]) -> float:
         """<other, current gradients> over all trainable parameters."""
         total = 0.0
-        for param, grad in zip(self._trainable_parameters(), other, strict=True):
+        for param, grad in zip(self.trainable_parameters(), other, strict=True):
             if param.grad is not None and grad is not None:
                 total += float((param.grad.float() * grad.float()).sum(dtype=torch.float64))
         return total
 
     def _combine_gradients(self, rl_weight: float, sft_grads: list[torch.Tensor | None] | None, sft_weight: float) -> None:
         """param.grad <- rl_weight·param.grad + sft_weight·sft_grad (the RL gradient is the current one)."""
-        params = self._trainable_parameters()
+        params = self.trainable_parameters()
         for param, sft_grad in zip(params, sft_grads if sft_grads is not None else [None] * len(params), strict=True):
             combined = param.grad.mul_(rl_weight) if param.grad is not None else None
             if sft_grad is not None:
@@ -479,43 +558,47 @@ class Learner:
 
     # ---- weights out -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _merged(self) -> Iterator[torch.nn.Module]:
-        """The policy with LoRA adapters merged in (the plain model otherwise), for reading weights."""
-        module = self.module
-        if not _is_peft(module):
-            yield module
-            return
-        module.merge_adapter()
-        try:
-            yield module.get_base_model()
-        finally:
-            module.unmerge_adapter()
-
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(Hugging Face name, tensor) of every policy weight, LoRA merged, gathered one at a time under ZeRO-3."""
-        with self._merged() as model:
-            # keep_vars: ZeRO-3 parameters keep the attributes GatheredParameters needs (a plain
-            # state_dict() holds their empty local shards).
-            for name, tensor in model.state_dict(keep_vars=True).items():
-                if "lora_" in name:
-                    continue
-                yield name.replace(".base_layer.", "."), self._gathered(tensor)
+        """(Hugging Face name, tensor) of every policy weight, LoRA merged, gathered one at a time under ZeRO-3.
 
-    def _gathered(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.engine is None or self.config.learner.zero_stage < 3 or not hasattr(tensor, "ds_id"):
-            return tensor.detach()
+        The policy is left untouched: LoRA-merged and ZeRO-3-gathered weights are new tensors; any
+        other weight is a detached view of the live parameter, valid until the next optimizer step.
+        """
+        model = hf_model(self.module)
+        adapted = lora_layers_by_weight_name(model)
+        # keep_vars: ZeRO-3 parameters keep the attributes GatheredParameters needs (a plain
+        # state_dict() holds their empty local shards).
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if "lora_" in name:
+                continue
+            layer = adapted.get(name)
+            if layer is None:
+                weight = self._gathered(tensor)
+            else:
+                with self._gathering(list(layer.parameters())):
+                    weight = merged_lora_weight(layer)
+            yield name.replace(".base_layer.", "."), weight
+
+    def _gathering(self, params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
+        """Under ZeRO-3, `params` whole inside the context (collective: every rank enters it); else nothing."""
+        if self.engine is None or self.config.learner.zero_stage < 3:
+            return contextlib.nullcontext()
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters([tensor]):
+        return deepspeed.zero.GatheredParameters(params)
+
+    def _gathered(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` whole: a copy of a ZeRO-3 parameter gathered from every rank, else a view of it."""
+        if not hasattr(tensor, "ds_id"):
+            return tensor.detach()
+        with self._gathering([tensor]):
             return tensor.detach().clone()
 
     def export_hf(self, folder: Path, tokenizer) -> None:
         """Save a Hugging Face folder (config, safetensors, tokenizer) that transformers and vLLM load."""
         folder = Path(folder)
         state = {name: tensor.clone() for name, tensor in self.named_weights()}
-        with self._merged() as model:
-            model.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        hf_model(self.module).save_pretrained(folder, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(folder)
 
     # ---- checkpoint state ------------------------------------------------------------------

@@ -99,6 +99,12 @@ class Objective:
         self.max_response_length = max_response_length
 
     @property
+    def per_trajectory_baseline(self) -> bool:
+        """Whether the learner takes the per-trajectory gradient path (VCPO's OPOB,
+        `rlpost.learner.opob`) instead of back-propagating `compute_loss` with the step's advantages."""
+        return False
+
+    @property
     def needs_reference(self) -> bool:
         """Whether a frozen reference model must provide `ref_logp`."""
         return self.config.kl_coef > 0

@@ -8,8 +8,8 @@ ALGORITHMS.md §6. Two parts:
    space, so long stale sequences cannot overflow.
 2. OPOB, the off-policy optimal baseline b* = Σ w²‖g‖²R / Σ w²‖g‖² per group: pure functions
    (`opob_baseline`, `opob_coefficients`) and the two-buffer accumulator `OpobGradientBuffers`
-   for a per-trajectory slow path (micro-batch size 1). The learner does not wire that path yet:
-   without it VCPO trains with GRPO advantages (the recipe's minibatch-scope scalar).
+   for the per-trajectory path (micro-batch size 1), which the learner takes when `vcpo.opob` is
+   on (`rlpost.learner.opob`); with it off VCPO trains with GRPO advantages.
 
 Loss: the §0.1 surrogate (method default: clipping disabled, seq-mean-token-mean) times the
 truncated sequence importance weight min(exp(Σ_t old_logp - behaviour_logp), is_threshold),
@@ -30,6 +30,7 @@ from dataclasses import replace
 
 import torch
 
+from rlpost.config.objective import ObjectiveConfig
 from rlpost.objectives.base import LossInputs, Metrics, StepScale
 from rlpost.objectives.core import (
     PolicyLossTerms,
@@ -144,9 +145,13 @@ class OpobGradientBuffers:
         self._sigma = sigma if (self.norm_by_std and sigma > STD_FLOOR) else 1.0
         self._rewards, self._sq_norms, self._log_weights = [], [], []
 
-    def add(self, grads: list[torch.Tensor], reward: float, log_is_weight: float = 0.0) -> None:
-        """Accumulate one trajectory's gradient g_i (of its loss with advantage 1)."""
-        sq_norm = sum(float(g.to(torch.float64).pow(2).sum()) for g in grads)
+    def add(self, grads: list[torch.Tensor], reward: float, log_is_weight: float = 0.0, norm_scale: float = 1.0) -> None:
+        """Accumulate one trajectory's gradient g_i (of its loss with advantage 1).
+
+        `norm_scale` multiplies ‖g_i‖ in the baseline's weight only, e.g. |o_i| to undo a per-sequence
+        1/|o_i| of the loss aggregation, as the authors' code does for seq-mean-token-mean.
+        """
+        sq_norm = sum(float(g.to(torch.float64).pow(2).sum()) for g in grads) * norm_scale**2
         if not math.isfinite(sq_norm):
             self.skipped += 1
             return
@@ -193,6 +198,19 @@ def truncated_sequence_is_weights(
 
 class VCPO(GRPO):
     name = "vcpo"
+
+    def __init__(self, config: ObjectiveConfig, max_response_length: int):
+        super().__init__(config, max_response_length)
+        if config.vcpo.opob and (config.kl_coef != 0 or config.entropy_coef != 0):
+            # With advantage 1 in each trajectory's backward, these terms would be scaled by (R - b)/σ.
+            raise ValueError(
+                "objective.vcpo.opob needs objective.kl_coef = 0 and objective.entropy_coef = 0 "
+                f"(got {config.kl_coef} and {config.entropy_coef})"
+            )
+
+    @property
+    def per_trajectory_baseline(self) -> bool:
+        return self.config.vcpo.opob
 
     def _is_weights(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
         threshold = self.config.vcpo.is_threshold

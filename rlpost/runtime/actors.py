@@ -7,7 +7,6 @@ Each sets its environment (threads, DeepSpeed accelerator) before importing torc
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -52,14 +51,6 @@ def resolve_bind_host(bind_host: str) -> str:
 
         return ray.util.get_node_ip_address()
     return bind_host
-
-
-def free_port(host: str) -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------- rollout
@@ -110,8 +101,11 @@ class RolloutWorker:
 
     # ---- broadcast transport
     def join_broadcast(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout: float, tag: str) -> None:
+        from rlpost.learner.distributed import bind_gloo_to
         from rlpost.runtime.transport import BroadcastGroup
 
+        if backend == "gloo":
+            bind_gloo_to(resolve_bind_host(self.config.cluster.bind_host))
         self.leave_broadcast()
         self.broadcast = BroadcastGroup(host, port, rank, world_size, backend, timeout, tag)
 
@@ -207,28 +201,34 @@ class LearnerRank:
         self.objective = None
         self.broadcast = None
         self.meta = None
+        # Rank 0 holds the listening sockets of the stores it will serve (bound to bind_host) from
+        # the moment it announces their ports: no other process can take the port meanwhile.
+        self.rendezvous_listener = None
+        self.broadcast_listener = None
 
     def info(self) -> dict[str, Any]:
         return {**_node(), "rank": self.rank}
 
     def rendezvous(self) -> tuple[str, int]:
-        """Rank 0: the (address, port) of the group's rendezvous, bound to `cluster.bind_host`."""
-        return self.bind_host, free_port(self.bind_host)
+        """Rank 0: the (address, port) of the group's rendezvous, listening on `cluster.bind_host` only."""
+        from rlpost.learner.distributed import listening_socket
+
+        self.rendezvous_listener = listening_socket(self.bind_host)
+        return self.bind_host, self.rendezvous_listener.getsockname()[1]
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        from rlpost.learner.distributed import join_process_group
         from rlpost.learner.learner import Learner
         from rlpost.objectives.registry import get_objective
         from rlpost.runtime.correction import wrap_objective
 
         config = self.config
-        os.environ.update(
-            RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
-            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
-        )
         if self.device == "cuda":
             import torch
 
             torch.cuda.set_device(0)  # Ray gives each rank one GPU (CUDA_VISIBLE_DEVICES)
+        listener, self.rendezvous_listener = self.rendezvous_listener, None
+        join_process_group(master_addr, master_port, self.rank, self.world_size, listener)
         inner = get_objective(config.objective.name)(config.objective, config.rollout.max_new_tokens)
         self.objective = wrap_objective(inner, config.cluster.is_mode(config.objective.name), config.cluster.is_cap)
         started = time.perf_counter()
@@ -258,8 +258,11 @@ class LearnerRank:
     def train(self, batch, targets, publish_version: int | None) -> dict[str, Any]:
         """One optimizer step on this rank's shard; then (object-store transport) publish the new weights."""
         started = time.perf_counter()
-        metrics = self.learner.train_step(batch, targets)
-        is_stats = self.objective.take_stats() if hasattr(self.objective, "take_stats") else None
+        from rlpost.learner.distributed import all_gather_objects
+
+        metrics = self.learner.train_step(batch, targets)  # already reduced over the ranks
+        # Every rank's importance-weight accumulators (`correction.combine_stats` turns them into metrics).
+        is_stats = all_gather_objects(self.objective.take_stats()) if hasattr(self.objective, "take_stats") else None
         train_seconds = time.perf_counter() - started
         handle = self.publish(publish_version) if publish_version is not None else None
         return {"metrics": metrics, "is_stats": is_stats, "seconds": train_seconds, "handle": handle}
@@ -277,7 +280,13 @@ class LearnerRank:
 
     # ---- broadcast transport
     def broadcast_rendezvous(self) -> tuple[str, int]:
-        return self.bind_host, free_port(self.bind_host)
+        """Rank 0: the (address, port) of the weight group's store, listening on `cluster.bind_host` only."""
+        from rlpost.learner.distributed import listening_socket
+
+        if self.broadcast_listener is not None:
+            self.broadcast_listener.close()
+        self.broadcast_listener = listening_socket(self.bind_host)
+        return self.bind_host, self.broadcast_listener.getsockname()[1]
 
     def join_broadcast(self, host: str, port: int, world_size: int, backend: str, timeout: float, tag: str) -> None:
         """Rank 0 joins as the root of the weight group; other ranks have nothing to join."""
@@ -286,7 +295,8 @@ class LearnerRank:
         from rlpost.runtime.transport import BroadcastGroup
 
         self.leave_broadcast()
-        self.broadcast = BroadcastGroup(host, port, 0, world_size, backend, timeout, tag)
+        listener, self.broadcast_listener = self.broadcast_listener, None
+        self.broadcast = BroadcastGroup(host, port, 0, world_size, backend, timeout, tag, listener=listener)
 
     def leave_broadcast(self) -> None:
         if self.broadcast is not None:
@@ -334,10 +344,9 @@ class LearnerRank:
 
     def weights_checksum(self) -> float:
         """Sum of |w| over every policy weight: equal on every rank when data parallelism works."""
-        total = 0.0
-        for _, tensor in self.learner.named_weights():
-            total += float(tensor.double().abs().sum())
-        return total
+        from rlpost.runtime.transport import weights_checksum
+
+        return weights_checksum(self.learner.named_weights())
 
     def export_hf(self, folder: str) -> None:
         if self.rank == 0:
@@ -354,25 +363,3 @@ class LearnerRank:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def combine_learner_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """One step's learner metrics from every rank's.
-
-    The objectives' loss metrics and `actor/loss` are additive shares of the global step (normalised
-    by the all-reduced `StepScale`): they are summed over ranks. The gradient norm and learning rate
-    are global (rank 0's); the learning-rate-scale metrics (VCPO's `staleness/*`) are local estimates:
-    averaged.
-    """
-    if len(per_rank) == 1:
-        return dict(per_rank[0])
-    combined: dict[str, float] = {}
-    for key in per_rank[0]:
-        values = [metrics.get(key, 0.0) for metrics in per_rank]
-        if key in ("actor/grad_norm", "actor/lr"):
-            combined[key] = values[0]
-        elif key.startswith("staleness/"):
-            combined[key] = sum(values) / len(values)
-        else:
-            combined[key] = math.fsum(values)
-    return combined

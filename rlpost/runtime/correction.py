@@ -18,7 +18,7 @@ entropy terms alone. Objectives that take per-token weights (GTPO multiplies its
 field applied inside `policy_loss_per_token` would be the cleaner hook (requested from objectives).
 
 The weights carry no gradient. Statistics are accumulated per optimizer step (all micro-batches of
-this rank) and read with `take_stats`, then summed over ranks by the runtime (`combine_stats`),
+this rank) and read with `take_stats`; the learner ranks gather them and `combine_stats` sums them,
 so the effective sample size is that of the whole step.
 """
 
@@ -159,6 +159,10 @@ class ISCorrectedObjective(Objective):
     @property
     def needs_reference(self) -> bool:
         return self.inner.needs_reference
+
+    @property
+    def per_trajectory_baseline(self) -> bool:  # type: ignore[override]
+        return self.inner.per_trajectory_baseline
 
     def shape_rewards(self, inputs: AdvantageInputs):
         return self.inner.shape_rewards(inputs)

@@ -268,9 +268,10 @@ class RayTrainer:
     def _check_loopback(self, what: str, node_ips: set[str]) -> None:
         """Loopback rendezvous works across Ray nodes of one machine (same IP), not across machines."""
         from rlpost.config.errors import ConfigError
+        from rlpost.learner.distributed import is_loopback
 
         nodes = node_ips
-        if len(nodes) > 1 and self.cluster.bind_host in ("127.0.0.1", "localhost", "::1"):
+        if len(nodes) > 1 and is_loopback(self.cluster.bind_host):
             raise ConfigError(
                 f"the {what} are on {len(nodes)} machines, which cannot meet on cluster.bind_host={self.cluster.bind_host}: "
                 "set cluster.bind_host: auto (each node's Ray IP) or a reachable address"
@@ -495,7 +496,7 @@ class RayTrainer:
         from ray.exceptions import RayActorError, RayTaskError
 
         timeout = self.cluster.sync_timeout_seconds
-        done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if pending:
             late = [slots[refs.index(ref) - len(self.ranks)].describe() for ref in pending if refs.index(ref) >= len(self.ranks)]
             names = ", ".join(late) or "learner rank 0"
@@ -578,7 +579,6 @@ class RayTrainer:
         import ray
         from ray.exceptions import OutOfMemoryError, RayActorError
 
-        from rlpost.runtime.actors import combine_learner_metrics
         from rlpost.runtime.correction import combine_stats
 
         training, self.training = self.training, None
@@ -600,9 +600,10 @@ class RayTrainer:
             del self.sampler_snapshots[index]
 
         metrics = dict(training.metrics)
-        metrics.update(combine_learner_metrics([out["metrics"] for out in outputs]))
+        # The ranks reduced their metrics and gathered their IS statistics: rank 0's stand for the step.
+        metrics.update(outputs[0]["metrics"])
         if outputs[0]["is_stats"] is not None:
-            metrics.update(combine_stats([out["is_stats"] for out in outputs], self.is_mode))
+            metrics.update(combine_stats(outputs[0]["is_stats"], self.is_mode))
         batch = training.batch
         lengths = batch.response_lengths.float()
         now = time.perf_counter()
@@ -946,7 +947,7 @@ class RayTrainer:
             for actor in [slot.actor for slot in self.workers] + self.rewards + self.ranks:
                 try:
                     ray.kill(actor, no_restart=True)
-                except Exception:  # noqa: BLE001 - already dead
+                except Exception:  # noqa: BLE001, S110 - already dead
                     pass
             remove_layout(self.layout)
             self.layout = None

@@ -156,6 +156,6 @@ def remove_layout(layout: Layout | None) -> None:
     for group in layout.groups:
         try:
             remove_placement_group(group)
-        except Exception:  # noqa: BLE001 - best effort on shutdown
+        except Exception:
             log.debug("could not remove placement group", exc_info=True)
 

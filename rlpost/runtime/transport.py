@@ -12,7 +12,8 @@ iterator for its `update_weights(named_tensors, version)`.
   rank 0 (root) and every engine, separate from the learner's own group, built directly on a
   TCPStore so that it coexists with the learner's default group and the engines' own groups.
   Rank 0 broadcasts each tensor; engines receive into fresh tensors. NCCL on GPUs (untested on
-  this machine), gloo on the CPU (tested). Its store binds to `cluster.bind_host`.
+  this machine), gloo on the CPU (tested). Its store listens on `cluster.bind_host` only (the root
+  serves it on a socket bound there: `rlpost.learner.distributed.rendezvous_store`).
 
 Every receive has a deadline: a stuck sync raises `WeightSyncError` (the runtime names the engine).
 """
@@ -20,6 +21,7 @@ Every receive has a deadline: a stuck sync raises `WeightSyncError` (the runtime
 from __future__ import annotations
 
 import datetime
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -102,8 +104,15 @@ class ObjectStoreTransport:
                 raise WeightSyncError(
                     f"timed out fetching weight bucket {index + 1}/{len(handle.refs)} of version {handle.version}"
                 ) from None
-            for name, tensor in bucket.items():
-                yield name, tensor
+            yield from bucket.items()
+
+
+def weights_checksum(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
+    """Sum of |w| over the tensors in their order (fp64): compares what a learner sent and an engine received."""
+    total = 0.0
+    for _, tensor in named_tensors:
+        total += float(tensor.double().abs().sum())
+    return total
 
 
 @dataclass(frozen=True)
@@ -128,15 +137,19 @@ def _dtype_of(name: str) -> torch.dtype:
 class BroadcastGroup:
     """A process group of rank 0 (learner rank 0, the root) and the engines (ranks 1..W)."""
 
-    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_seconds: float, tag: str):
+    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_seconds: float, tag: str,
+                 listener: socket.socket | None = None):
+        """Join the group whose store is at host:port; the root (rank 0) serves it on `listener`."""
         import torch.distributed as dist
+
+        from rlpost.learner.distributed import rendezvous_store
 
         self.rank = rank
         self.world_size = world_size
         self.backend = backend
         self.timeout = datetime.timedelta(seconds=timeout_seconds)
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        store = dist.TCPStore(host, port, world_size, rank == 0, timeout=self.timeout, wait_for_workers=False)
+        store = rendezvous_store(host, port, rank, world_size, listener, self.timeout)
         prefixed = dist.PrefixStore(f"rlpost-weights-{tag}", store)
         if backend == "gloo":
             self.group = dist.ProcessGroupGloo(prefixed, rank, world_size, self.timeout)

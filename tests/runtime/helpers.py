@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,7 +11,6 @@ import torch
 
 from rlpost.rollout.base import RolloutEngine, SamplingSettings
 from rlpost.types import Group, Prompt
-
 
 RUNTIME_DIR = Path(__file__).parent
 
@@ -66,16 +66,14 @@ def runtime_config(model_path: str, output_dir: Path, *overrides: str):
     return RLPostConfig.model_validate(tree)
 
 
-class SlowEngine(RolloutEngine):
-    """A real engine whose `generate` takes `delay` seconds longer (an overloaded or slow worker)."""
+class EngineWrapper(RolloutEngine):
+    """A real engine, wrapped: subclasses change one behaviour and delegate the rest."""
 
-    def __init__(self, inner: RolloutEngine, delay: float):
+    def __init__(self, inner: RolloutEngine):
         self.inner = inner
-        self.delay = delay
         self.policy_version = inner.policy_version
 
     def generate(self, prompts: list[Prompt], n_per_prompt: list[int], sampling: SamplingSettings) -> list[Group]:
-        time.sleep(self.delay)
         return self.inner.generate(prompts, n_per_prompt, sampling)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -84,6 +82,57 @@ class SlowEngine(RolloutEngine):
 
     def close(self) -> None:
         self.inner.close()
+
+
+class SlowEngine(EngineWrapper):
+    """A real engine whose `generate` takes `delay` seconds longer (an overloaded or slow worker)."""
+
+    def __init__(self, inner: RolloutEngine, delay: float):
+        super().__init__(inner)
+        self.delay = delay
+
+    def generate(self, prompts: list[Prompt], n_per_prompt: list[int], sampling: SamplingSettings) -> list[Group]:
+        time.sleep(self.delay)
+        return super().generate(prompts, n_per_prompt, sampling)
+
+
+class RecordingEngine(EngineWrapper):
+    """A real engine that appends what each weight sync delivered to a JSON-lines file: the version,
+    each tensor's shape and sum of |w| (in arrival order), and the total as `weights_checksum` computes it."""
+
+    def __init__(self, inner: RolloutEngine, log_file: Path):
+        super().__init__(inner)
+        self.log_file = log_file
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        from rlpost.runtime.transport import weights_checksum
+
+        received = list(named_tensors)
+        record = {
+            "version": version,
+            "shapes": {name: list(tensor.shape) for name, tensor in received},
+            "checksums": {name: weights_checksum([(name, tensor)]) for name, tensor in received},
+            "checksum": weights_checksum(received),
+        }
+        with self.log_file.open("a") as sink:
+            sink.write(json.dumps(record) + "\n")
+        super().update_weights(received, version)
+
+
+class RecordingEngineFactory:
+    """Engine factory for `RayTrainer(engine_factory=...)`: worker i records its syncs in `folder/worker<i>.jsonl`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __call__(self, rollout_config, model_path: str, seed: int, worker_index: int) -> RolloutEngine:
+        from rlpost.rollout import build_engine
+
+        return RecordingEngine(build_engine(rollout_config, model_path, seed=seed), self.folder / f"worker{worker_index}.jsonl")
+
+    def syncs(self, worker_index: int = 0) -> list[dict]:
+        log_file = self.folder / f"worker{worker_index}.jsonl"
+        return [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
 
 
 class SlowEngineFactory:
@@ -113,10 +162,24 @@ class TransportPeer:
 
         return {name: tensor.clone() for name, tensor in ObjectStoreTransport.receive(handle, time.monotonic() + timeout)}
 
+    def rendezvous(self, host: str) -> int:
+        """Root: the port of the group's store, listening on `host`."""
+        from rlpost.learner.distributed import listening_socket
+
+        self.listener = listening_socket(host)
+        return self.listener.getsockname()[1]
+
     def join(self, host: str, port: int, rank: int, world: int, timeout: float) -> None:
         from rlpost.runtime.transport import BroadcastGroup
 
-        self.group = BroadcastGroup(host, port, rank, world, "gloo", timeout, "test")
+        listener = self.listener if rank == 0 else None
+        self.group = BroadcastGroup(host, port, rank, world, "gloo", timeout, "test", listener=listener)
+
+    def listening_addresses(self) -> list[str]:
+        """`address:port` of every TCP socket this process listens on."""
+        import psutil
+
+        return [f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN]
 
     def send(self, tensors: dict[str, torch.Tensor], dtype: str | None) -> tuple[int, int]:
         from rlpost.runtime.transport import DTYPES

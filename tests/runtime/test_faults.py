@@ -7,16 +7,15 @@ import os
 import shutil
 import signal
 import threading
-import time
 
 import pytest
 
 pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
-from rlpost.io.metrics import read_metrics  # noqa: E402
-from rlpost.runtime import RayTrainer, RuntimeHooks, WeightSyncError  # noqa: E402
-from tests.runtime.helpers import SlowEngineFactory, StuckSyncFactory, runtime_config  # noqa: E402
+from rlpost.io.metrics import read_metrics
+from rlpost.runtime import RayTrainer, RuntimeHooks, WeightSyncError
+from tests.runtime.helpers import SlowEngineFactory, StuckSyncFactory, runtime_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.deepspeed]
 

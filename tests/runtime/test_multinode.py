@@ -13,12 +13,12 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray.cluster_utils import Cluster
 
-from rlpost.io.checkpoint import complete_checkpoints  # noqa: E402
-from rlpost.io.metrics import read_metrics  # noqa: E402
-from rlpost.runtime import LearnerCrashed, RayTrainer, RuntimeHooks  # noqa: E402
-from tests.runtime.helpers import runtime_config  # noqa: E402
+from rlpost.io.checkpoint import complete_checkpoints
+from rlpost.io.metrics import read_metrics
+from rlpost.runtime import LearnerCrashed, RayTrainer, RuntimeHooks
+from tests.runtime.helpers import runtime_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.deepspeed]
 
@@ -62,7 +62,7 @@ def _config(cluster, model_path, output_dir, *overrides):
 
 
 def test_learner_and_rollout_on_separate_nodes_train_and_resume_after_a_learner_crash(two_nodes, model_path, tmp_path) -> None:
-    head, worker = two_nodes.head_node.node_id, [n for n in two_nodes.worker_nodes][0].node_id
+    head, worker = two_nodes.head_node.node_id, next(iter(two_nodes.worker_nodes)).node_id
 
     crashed = Recorder(kill_at_step=2)
     with pytest.raises(LearnerCrashed, match="ckpt-00000002"):

@@ -11,9 +11,9 @@ pytest.importorskip("ray")
 pytest.importorskip("vllm")
 pytest.importorskip("deepspeed")
 
-from rlpost.io.metrics import read_metrics  # noqa: E402
-from rlpost.runtime import RayTrainer, RuntimeHooks  # noqa: E402
-from tests.runtime.helpers import runtime_config  # noqa: E402
+from rlpost.io.metrics import read_metrics
+from rlpost.runtime import RayTrainer, RuntimeHooks
+from tests.runtime.helpers import runtime_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm, pytest.mark.deepspeed]
 
@@ -96,7 +96,9 @@ def test_async_runs_ahead_within_the_staleness_bound(async_run) -> None:
     assert any(r["async/staleness_max"] == 1 for r in records), "batches after the first are generated one version behind"
     assert summary["run/staleness/1"] > 0
     versions = [version for version, _, _ in probe.samples]
-    assert versions == sorted(versions) and versions[-1] >= 1
+    assert versions == sorted(versions) and versions[0] == 0 and versions[-1] >= 1
+    (_, tokens0, logp0), (_, tokens1, logp1) = probe.samples[0], probe.samples[-1]
+    assert tokens0 != tokens1 or _logprob_gap(logp0, logp1) > 1e-3, "the newer version must generate differently"
     # The IS correction is on by default in async mode; its weights respect the cap.
     for record in records[1:]:
         assert 0 < record["is/weight_max"] <= 5.0

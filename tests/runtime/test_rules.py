@@ -161,20 +161,6 @@ def test_cluster_config_defaults_and_errors_name_the_keys(tmp_path) -> None:
         load_config(empty, ["cluster.sync_transport=carrier_pigeon"])
 
 
-def test_learner_metrics_of_ranks_combine_into_the_step_values() -> None:
-    from rlpost.runtime.actors import combine_learner_metrics
-
-    ranks = [
-        {"actor/loss": 0.25, "actor/pg_clipfrac": 0.1, "actor/grad_norm": 3.0, "actor/lr": 1e-6, "staleness/ess_lr_scale": 0.8},
-        {"actor/loss": 0.5, "actor/pg_clipfrac": 0.3, "actor/grad_norm": 3.0, "actor/lr": 1e-6, "staleness/ess_lr_scale": 0.6},
-    ]
-    combined = combine_learner_metrics(ranks)
-    # Additive shares of the global step add up; global values are taken once; local estimates are averaged.
-    assert combined["actor/loss"] == pytest.approx(0.75) and combined["actor/pg_clipfrac"] == pytest.approx(0.4)
-    assert combined["actor/grad_norm"] == 3.0 and combined["actor/lr"] == 1e-6
-    assert combined["staleness/ess_lr_scale"] == pytest.approx(0.7)
-
-
 def test_the_cluster_template_is_a_valid_async_config() -> None:
     from pathlib import Path
 

@@ -7,9 +7,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from rlpost.learner.distributed import free_loopback_port  # noqa: E402
-from rlpost.runtime.transport import WeightSyncError, weight_meta  # noqa: E402
-from tests.runtime.helpers import TransportPeer  # noqa: E402
+from rlpost.runtime.transport import WeightSyncError, weight_meta
+from tests.runtime.helpers import TransportPeer
 
 pytestmark = pytest.mark.ray
 
@@ -50,9 +49,15 @@ def test_object_store_ships_buckets_cast_to_the_wire_dtype(ray_session) -> None:
 def test_broadcast_group_delivers_every_tensor_and_times_out_cleanly(ray_session) -> None:
     peer = ray.remote(num_cpus=0.1)(TransportPeer)
     root, first, second = peer.remote(), peer.remote(), peer.remote()
-    port = free_loopback_port()
+    peers = (root, first, second)
+    before = ray.get([p.listening_addresses.remote() for p in peers])
+    port = ray.get(root.rendezvous.remote("127.0.0.1"))
     # 20 s: three actors starting on a loaded 2-core machine can take seconds to meet.
-    ray.get([p.join.remote("127.0.0.1", port, rank, 3, 20.0) for rank, p in enumerate((root, first, second))])
+    ray.get([p.join.remote("127.0.0.1", port, rank, 3, 20.0) for rank, p in enumerate(peers)])
+    # What the group opened (the root's store, gloo's pair sockets) listens on loopback only.
+    opened = [set(now) - set(then) for now, then in zip(ray.get([p.listening_addresses.remote() for p in peers]), before)]
+    assert f"127.0.0.1:{port}" in opened[0]
+    assert all(address.startswith("127.0.0.1:") for addresses in opened for address in addresses), opened
     weights = _weights()
     meta = weight_meta(weights.items(), torch.bfloat16)
     receiving = [p.receive_broadcast.remote(meta) for p in (first, second)]
