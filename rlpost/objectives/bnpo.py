@@ -121,13 +121,15 @@ class BNPO(GRPO):
         if high <= low:
             raise ValueError(f"objective.bnpo.max_value ({high}) must exceed min_value ({low})")
         scores = (values.to(torch.float64) - low) / (high - low)
-        if scores.numel() and (scores.min() < 0 or scores.max() > 1):
+        # Rewards arrive as float32: 1.0 + 0.2 is 1.2000000477, which must not count as above max_value 1.2.
+        tolerance = 4 * torch.finfo(values.dtype).eps if values.is_floating_point() else 0.0
+        if scores.numel() and (scores.min() < -tolerance or scores.max() > 1 + tolerance):
             raise ValueError(
                 f"BNPO: {what} outside [objective.bnpo.min_value, max_value] = [{low}, {high}] "
                 f"(observed {float(values.min())}..{float(values.max())}); widen the range (e.g. max_value=2 "
                 "for accuracy + format) or enable objective.bnpo.decompose"
             )
-        return scores
+        return scores.clamp(0.0, 1.0)
 
     def _components(self, inputs: AdvantageInputs) -> dict[str, torch.Tensor]:
         names = self.config.bnpo.components or sorted(inputs.reward_components)

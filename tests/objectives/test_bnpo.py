@@ -109,3 +109,13 @@ def test_max_adv_clamp_is_counted():
     adv, metrics = get_objective("bnpo")(config, 8).compute_advantages(advantage_inputs([float(s) for s in SCORES], GROUPS))
     assert float(adv.abs().max()) == pytest.approx(0.5)
     assert metrics["bnpo/max_adv_clamped_frac"] == pytest.approx(2 / 16)
+
+
+def test_float32_reward_at_the_top_of_the_range_is_in_range():
+    # 1.0 (correct) + 0.2 (boxed) in float32 is 1.2000000477: it is max_value, not above it.
+    objective = get_objective("bnpo")(ObjectiveConfig(name="bnpo", bnpo={"max_value": 1.2}), 8)
+    rewards = torch.tensor([1.0, 0.0, 0.2, 1.0], dtype=torch.float32) + torch.tensor([0.2, 0.0, 0.0, 0.0])
+    inputs = advantage_inputs(rewards.tolist(), [0, 0, 1, 1])
+    inputs.rewards = rewards
+    advantages, _ = objective.compute_advantages(inputs)
+    assert torch.isfinite(advantages).all() and float(advantages[0]) > 0 > float(advantages[1])
