@@ -137,8 +137,11 @@ def _is_loopback(address: str) -> bool:
 def listening_while(setup: str) -> set[str]:
     """Listening addresses of a Python process (and its children) that ran `setup` and now waits."""
     script = textwrap.dedent(setup) + "\nprint('ready', flush=True)\nsys.stdin.read()\n"
+    # A fresh process: rendezvous variables that earlier tests of this session left behind would make
+    # torch.distributed join their (finished) group instead of forming its own.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     child = subprocess.Popen([sys.executable, "-c", "import sys\n" + script], cwd=REPO, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                             stdout=subprocess.PIPE, text=True, env={**inherited, "PYTHONPATH": str(REPO)})
     try:
         assert child.stdout.readline().strip() == "ready"
         return listening_addresses(child.pid)
