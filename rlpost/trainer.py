@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import resource
 import signal
@@ -234,6 +235,7 @@ class Trainer:
             "perf/sync_seconds": times.sync,
             "policy/version": float(step + 1),
             "perf/peak_rss_gib": _peak_rss_gib(),
+            "perf/rss_gib": _rss_gib(),
         }
 
     # ---- SFT–RL blending (rlpost.blending) -------------------------------------------------
@@ -348,6 +350,15 @@ def _show(progress, metrics: dict[str, float]) -> None:
 def _peak_rss_gib() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _rss_gib() -> float:
+    """Resident memory of this process now: with the peak, tells a leak (both grow) from one large step."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:  # not Linux
+        return float("nan")
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def _seed_everything(seed: int) -> None:

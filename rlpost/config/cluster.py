@@ -36,7 +36,8 @@ class ClusterConfig(Section):
     """Interface the dashboard binds to (loopback: reach it through an SSH tunnel)."""
     bind_host: str = "127.0.0.1"
     """Address of the ports rlpost itself opens (learner rendezvous MASTER_ADDR, weight-broadcast store).
-    Loopback keeps them private to the machine; a multi-node run needs `auto` (each node's Ray IP) or an IP."""
+    Loopback keeps them, and a private local Ray instance, private to the machine; a multi-node run needs
+    `auto` (each node's Ray IP) or an IP."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where actors compute: `auto` uses GPUs when the Ray cluster has them."""
 

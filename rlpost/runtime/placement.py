@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from rlpost.config.cluster import ClusterConfig
+from rlpost.learner.distributed import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,39 @@ def connect(cluster: ClusterConfig) -> bool:
         kwargs["object_store_memory"] = int(cluster.object_store_memory_gib * 2**30)
     # Without an address ray.init would join a cluster found via RAY_ADDRESS or a running `ray start`;
     # "local" always starts a private instance.
-    ray.init(address="local", **kwargs)
+    with _ray_on_loopback(is_loopback(cluster.bind_host)):
+        ray.init(address="local", **kwargs)
     return True
+
+
+RAY_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's documented switch for single-machine (Windows/macOS) mode: off, a local instance takes 127.0.0.1
+as its node address, and its GCS, raylet, workers, agents and monitor listen there only. Without it Ray
+resolves even `_node_ip_address=127.0.0.1` to the machine's address and binds to all interfaces."""
+
+
+@contextmanager
+def _ray_on_loopback(enabled: bool) -> Iterator[None]:
+    """While a local Ray instance starts: keep it on loopback (if `enabled`), then restore the settings.
+
+    The processes Ray starts inherit the variable. This process read it when `ray._private.ray_constants`
+    was imported, so the cached value is switched too.
+    """
+    import ray._private.ray_constants as constants
+
+    if not enabled:
+        yield
+        return
+    saved_env, saved_constant = os.environ.get(RAY_CLUSTER_SWITCH), constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_CLUSTER_SWITCH], constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved_env is None:
+            os.environ.pop(RAY_CLUSTER_SWITCH)
+        else:
+            os.environ[RAY_CLUSTER_SWITCH] = saved_env
 
 
 def resolve_device(cluster: ClusterConfig) -> str:

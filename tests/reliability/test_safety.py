@@ -6,16 +6,15 @@ from __future__ import annotations
 import ast
 import ipaddress
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from rlpost.config.schema import RLPostConfig
+from tests.listening import listening_addresses, non_loopback
 from tests.reliability.runs import REPO
 
 SOURCES = sorted((REPO / "rlpost").rglob("*.py"))
@@ -77,63 +76,6 @@ def test_defaults_trust_no_remote_code_and_open_no_public_port():
 # ---------------------------------------------------------------- listening sockets of real processes
 
 
-def _descendants(root: int) -> set[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = {pid for pid, ppid in parents.items() if ppid == parent} - found
-        found |= children
-        frontier += children
-    return found
-
-
-def _socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[len("socket:["):-1]))
-    return inodes
-
-
-def _address(hex_address: str) -> str:
-    """/proc/net/tcp{,6} local address (host bytes in 32-bit little-endian words) as text."""
-    raw = bytes.fromhex(hex_address.split(":")[0])
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words)
-
-
-def listening_addresses(root: int) -> set[str]:
-    """Addresses of the TCP sockets that process `root` and its descendants listen on."""
-    inodes = set().union(*(_socket_inodes(pid) for pid in _descendants(root)))
-    found = set()
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/{root}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[9]) in inodes:  # 0A: LISTEN
-                found.add(_address(fields[1]))
-    return found
-
-
-def _is_loopback(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
-
-
 def listening_while(setup: str) -> set[str]:
     """Listening addresses of a Python process (and its children) that ran `setup` and now waits."""
     script = textwrap.dedent(setup) + "\nprint('ready', flush=True)\nsys.stdin.read()\n"
@@ -152,24 +94,23 @@ def listening_while(setup: str) -> set[str]:
 def test_local_learner_process_group_listens_on_loopback_only():
     addresses = listening_while("from rlpost.learner.distributed import ensure_process_group\nensure_process_group()")
     assert addresses, "torch.distributed's store listens somewhere"
-    assert {a for a in addresses if not _is_loopback(a)} == set()
+    assert non_loopback(addresses) == set()
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap, owned by the Ray runtime (docs/reliability.md, section 4): Ray 2.60's GCS, raylet and "
-    "workers listen on '::', its monitor and dashboard head on 0.0.0.0, its agents on the machine's address",
-)
 def test_local_ray_instance_listens_on_loopback_only():
     pytest.importorskip("ray")
     addresses = listening_while(
         """
+        import os
+        import ray
         from rlpost.config.cluster import ClusterConfig
-        from rlpost.runtime.placement import connect
+        from rlpost.runtime.placement import RAY_CLUSTER_SWITCH, connect
         connect(ClusterConfig(runtime="ray", num_cpus=1))
+        assert ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote()) == "127.0.0.1"  # a worker runs
+        assert RAY_CLUSTER_SWITCH not in os.environ, "the loopback switch is restored once Ray has started"
         """
     )
     assert addresses, "Ray's processes listen somewhere"
-    assert {a for a in addresses if not _is_loopback(a)} == set()
+    assert non_loopback(addresses) == set()

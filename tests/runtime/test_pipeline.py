@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -13,6 +14,7 @@ pytest.importorskip("deepspeed")
 
 from rlpost.io.metrics import read_metrics
 from rlpost.runtime import RayTrainer, RuntimeHooks
+from tests.listening import listening_addresses, non_loopback
 from tests.runtime.helpers import runtime_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm, pytest.mark.deepspeed]
@@ -24,11 +26,14 @@ class Probe(RuntimeHooks):
     """Generates the same prompt with the same seed on worker 0 whenever a step starts training.
 
     Identical weights give identical samples and log-probs; anything else means new weights arrived.
+    At the last step it also records the addresses that the whole pipeline (Ray, the engine, the learner
+    ranks, the reward workers: all descendants of this process) listens on.
     """
 
     def __init__(self) -> None:
         self.samples: list[tuple[int, list[int], list[float]]] = []
         self.rank_checksums: list[float] = []
+        self.listening: set[str] = set()
 
     def on_train_start(self, trainer: RayTrainer, step: int) -> None:
         groups, version = trainer.probe(0, trainer.train_prompts[:1], n=1, seed=PROBE_SEED)
@@ -40,6 +45,7 @@ class Probe(RuntimeHooks):
 
         if step == trainer.total_steps:
             self.rank_checksums = ray.get([rank.weights_checksum.remote() for rank in trainer.ranks])
+            self.listening = listening_addresses(os.getpid())
 
 
 def _run(model_path, output_dir, *overrides):
@@ -87,6 +93,12 @@ def test_sync_weights_reach_the_engine_every_step(sync_run) -> None:
     assert len(probe.rank_checksums) == 2
     assert probe.rank_checksums[0] == pytest.approx(probe.rank_checksums[1], rel=1e-9)
     assert summary["run/dropped_groups"] == 0
+
+
+def test_every_port_of_the_pipeline_listens_on_loopback(sync_run) -> None:
+    probe, _, _ = sync_run
+    assert probe.listening, "Ray and the learner's group listen somewhere"
+    assert non_loopback(probe.listening) == set()
 
 
 def test_async_runs_ahead_within_the_staleness_bound(async_run) -> None:
