@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -95,37 +94,16 @@ def _step(path: str, case: Case, chunk_size: int, hidden, weight, targets, coeff
     return time.perf_counter() - start
 
 
-def _status_bytes(key: str) -> int:
-    """A size field of /proc/self/status (VmRSS: resident now, VmHWM: resident high-water mark)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def worker_memory(case: Case, path: str, chunk_size: int) -> dict:
+    from rlpost.learner.memory import peak_resident_gib, reset_peak, resident_gib
+
     inputs = _inputs(case)
     # Peak resident memory of forward+backward above what is resident once the inputs exist.
-    # Resetting the high-water mark keeps import-time or input-time peaks out of the baseline;
-    # without the reset, ru_maxrss is the fallback (a lower bound of the delta).
-    if _reset_peak_rss():
-        before, peak = _status_bytes("VmRSS"), lambda: _status_bytes("VmHWM")
-    else:
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # noqa: E731  (KiB on Linux)
-        before = peak()
+    # Resetting the peak keeps import-time or input-time peaks out of the baseline; where it cannot
+    # be reset, the lifetime peak is the baseline (a lower bound of the delta).
+    before = resident_gib() if reset_peak() else peak_resident_gib()
     seconds = _step(path, case, chunk_size, *inputs)
-    return {"peak_bytes": peak() - before, "seconds": seconds}
+    return {"peak_bytes": (peak_resident_gib() - before) * 2**30, "seconds": seconds}
 
 
 def worker_time(case: Case, chunk_sizes: list[int], repeats: int) -> dict:

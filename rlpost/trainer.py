@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
-import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from rlpost.io.checkpoint import prune_checkpoints, resume_checkpoint, write_che
 from rlpost.io.metrics import MetricsLogger
 from rlpost.learner.batch import build_train_batch, prepare_update
 from rlpost.learner.learner import Learner
+from rlpost.learner.memory import peak_resident_gib, reset_peak, resident_gib
 from rlpost.models import ModelNotFoundError, resolve_model
 from rlpost.objectives.registry import get_objective
 from rlpost.rewards.manager import RewardManager
@@ -202,6 +201,7 @@ class Trainer:
         return kept, {**averaged, **filter_metrics}
 
     def train_step(self, step: int) -> dict[str, float]:
+        reset_peak()
         times = StepTimes()
         groups, metrics = self.rollout(step, times)
         batch = build_train_batch(groups, self.pad_token_id)
@@ -234,8 +234,8 @@ class Trainer:
             "perf/train_seconds": times.train,
             "perf/sync_seconds": times.sync,
             "policy/version": float(step + 1),
-            "perf/peak_rss_gib": _peak_rss_gib(),
-            "perf/rss_gib": _rss_gib(),
+            "perf/step_peak_rss_gib": peak_resident_gib(),
+            "perf/rss_gib": resident_gib(),
         }
 
     # ---- SFT–RL blending (rlpost.blending) -------------------------------------------------
@@ -345,20 +345,6 @@ def _show(progress, metrics: dict[str, float]) -> None:
              "tok/s": metrics.get("perf/tokens_per_second"), "eval": metrics.get("eval/accuracy")}
     progress.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if v is not None}, refresh=False)
     progress.update(1)
-
-
-def _peak_rss_gib() -> float:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def _rss_gib() -> float:
-    """Resident memory of this process now: with the peak, tells a leak (both grow) from one large step."""
-    try:
-        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except OSError:  # not Linux
-        return float("nan")
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def _seed_everything(seed: int) -> None:

@@ -187,6 +187,10 @@ class LearnerConfig(Section):
     """Tokens per chunk of the fused log-prob op."""
     updates_per_batch: int = Field(1, ge=1)
     """Optimizer steps taken on each rollout batch (mini-batches); >1 makes later steps off-policy."""
+    release_memory: bool = False
+    """After each optimizer step, hand the heap memory the step freed back to the OS (glibc `malloc_trim`,
+    Linux; a no-op elsewhere). Between steps the learner then holds its weights and optimizer state, not
+    its step peak; the next step touches the pages again (~5% slower measured on the CPU, same peak)."""
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

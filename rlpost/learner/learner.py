@@ -29,6 +29,7 @@ from rlpost.learner.distributed import (
     sum_over_ranks,
     world_size,
 )
+from rlpost.learner.memory import release_free_heap
 from rlpost.learner.opob import accumulate_opob_gradients
 from rlpost.learner.optim import build_optimizer, build_scheduler
 from rlpost.objectives.base import LossInputs, Objective, StepScale
@@ -330,6 +331,8 @@ class Learner:
         for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base
         self.scheduler.step()
+        if self.config.learner.release_memory:
+            release_free_heap()
         return grad_norm, applied_lr
 
     # ---- SFT and SFT–RL blending (rlpost.blending) -------------------------------------------

@@ -56,3 +56,16 @@ def test_deepspeed_backend_matches_torch_backend(tiny_model_path):
     deepspeed = _updated_weights(_config(tiny_model_path, micro_batch_size=3, backend="deepspeed"), groups)
     for name in plain:
         torch.testing.assert_close(deepspeed[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("release_memory", [True, False])
+def test_release_memory_trims_the_heap_after_each_optimizer_step(tiny_model_path, monkeypatch, release_memory):
+    trims = []
+    monkeypatch.setattr("rlpost.learner.learner.release_free_heap", lambda: trims.append(1) or True)
+    config = _config(tiny_model_path, release_memory=release_memory)
+    objective = get_objective("grpo")(config.objective, config.rollout.max_new_tokens)
+    learner = Learner(config, config.model.path, objective, total_steps=2)
+    batch = build_train_batch(make_groups(2, sizes=[4, 4]), pad_token_id=0)
+    for _ in range(2):
+        learner.train_step(batch, prepare_update(objective, batch))
+    assert len(trims) == (2 if release_memory else 0)

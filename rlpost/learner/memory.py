@@ -1,0 +1,72 @@
+"""The process's memory: readings for the step metrics, and returning freed heap memory to the OS.
+
+glibc's malloc keeps freed memory for reuse instead of handing it back, and a learner step frees
+gigabytes of activations and gradients: between steps the process stays near its step peak though its
+live tensors are back to the weights and optimizer state (docs/results/README.md, "Learner memory").
+`malloc_trim(0)` (`learner.release_memory`) hands the free pages back to the rest of the machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+PROC = Path("/proc/self")
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None where there is none (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return getattr(libc, "malloc_trim", None)
+
+
+def release_free_heap() -> bool:
+    """Give the pages malloc holds free back to the OS; False where that is not possible."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def resident_gib() -> float:
+    """Resident memory of this process now (NaN where /proc is missing)."""
+    try:
+        pages = int((PROC / "statm").read_text().split()[1])
+    except OSError:
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def reset_peak() -> bool:
+    """Start a new peak window: the peak becomes the current resident memory (Linux >= 4.0 `clear_refs` 5).
+
+    False where that is not possible: the peak stays the process's lifetime peak.
+    """
+    try:
+        (PROC / "clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_resident_gib() -> float:
+    """Peak resident memory since the last `reset_peak` (or since the process started)."""
+    try:
+        status = (PROC / "status").read_text()
+    except OSError:
+        return float("nan")
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # kB
+    return float("nan")
