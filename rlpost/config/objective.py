@@ -170,9 +170,8 @@ class ObjectiveConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_objective(cls, name: str) -> str:
-        from rlpost.objectives.registry import objective_names
-
         from rlpost.config.errors import closest
+        from rlpost.objectives.registry import objective_names
 
         names = objective_names()
         if name not in names:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
 
-from rlpost.config.objective import LossAggregation, KLEstimator
+from rlpost.config.objective import KLEstimator, LossAggregation
 from rlpost.objectives.base import Metrics, StepScale
 
 LOG_RATIO_CLAMP = 20.0

@@ -38,8 +38,8 @@ from rlpost.config.objective import ObjectiveConfig
 from rlpost.objectives.base import AdvantageInputs, LossInputs, Metrics, StepScale
 from rlpost.objectives.core import (
     PolicyLossTerms,
-    dense_group_ids,
     aggregate_loss,
+    dense_group_ids,
     masked_mean,
     policy_metrics,
     sequence_share,

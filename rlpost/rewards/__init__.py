@@ -40,8 +40,8 @@ from rlpost.rewards.binding import SIGNATURE, bind_reward
 from rlpost.rewards.builtin import boxed_format_reward, math_verify_reward
 from rlpost.rewards.errors import RewardFunctionError, RewardWorkerError
 from rlpost.rewards.manager import RewardManager
-from rlpost.rewards.worker import FAILURE_KINDS
 from rlpost.rewards.registry import get_reward_fn, register_reward, reward_names
+from rlpost.rewards.worker import FAILURE_KINDS
 
 __all__ = [
     "FAILURE_KINDS",

@@ -8,7 +8,13 @@ import torch
 from rlpost.config.objective import ObjectiveConfig
 from rlpost.objectives.base import LossInputs
 from rlpost.objectives.core import step_scale_of
-from rlpost.objectives.dapo import DynamicSampler, DynamicSamplingExhausted, filter_groups, filter_values, overlong_penalty
+from rlpost.objectives.dapo import (
+    DynamicSampler,
+    DynamicSamplingExhausted,
+    filter_groups,
+    filter_values,
+    overlong_penalty,
+)
 from rlpost.objectives.registry import get_objective
 from rlpost.types import Completion, Group, Prompt
 from tests.objectives.helpers import advantage_inputs
