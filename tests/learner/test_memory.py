@@ -16,16 +16,15 @@ from tests.reliability.runs import REPO
 # cannot shrink a heap whose top is in use, so the memory stays resident until it is released.
 SCRIPT = textwrap.dedent(
     """
-    import ctypes, json, os
-    from pathlib import Path
+    import ctypes, json
     import torch
-    from rlpost.learner.memory import release_free_heap
+    from rlpost.learner.memory import release_free_heap, resident_gib
 
     M_MMAP_THRESHOLD = -3
     ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 30)
 
     def resident_mib():
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return resident_gib() * 1024
 
     start = resident_mib()
     blocks = [torch.ones(2**18) for _ in range(400)]
