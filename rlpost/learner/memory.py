@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 PROC = Path("/proc/self")
+# Memory another thread may map between the reset and the two readings that check it.
+RESET_SLACK_GIB = 1 / 16
 
 
 @functools.cache
@@ -51,13 +53,15 @@ def resident_gib() -> float:
 def reset_peak() -> bool:
     """Start a new peak window: the peak becomes the current resident memory (Linux >= 4.0 `clear_refs` 5).
 
-    False where that is not possible: the peak stays the process's lifetime peak.
+    False where the window did not restart, and the peak stays the process's lifetime peak: `clear_refs`
+    is missing or not writable, or (some sandboxes) the write is accepted and ignored. A restarted window
+    is told apart by its peak: right after the reset it is the current resident memory.
     """
     try:
         (PROC / "clear_refs").write_text("5")
     except OSError:
         return False
-    return True
+    return peak_resident_gib() - resident_gib() <= RESET_SLACK_GIB
 
 
 def peak_resident_gib() -> float:
