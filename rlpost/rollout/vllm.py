@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,6 +160,42 @@ def _checkpoint_names(model_path: str) -> set[str] | None:
     return names
 
 
+# A weights file lives for one reload. In shared memory it never waits on disk writeback: for the
+# 135M model, 0.3-0.7 s to write here, against 0.2-12 s to a disk-backed /tmp.
+SHARED_MEMORY = Path("/dev/shm")
+STAGING_PREFIX = "rlpost-vllm-weights-"
+
+
+def staging_root(size: int) -> Path | None:
+    """Shared memory if it has room for `size` bytes twice over, else None: the default temporary folder.
+
+    Containers often mount a small /dev/shm (Docker: 64 MiB), where the file would not fit.
+    """
+    try:
+        free = shutil.disk_usage(SHARED_MEMORY).free
+    except OSError:
+        return None
+    return SHARED_MEMORY if free >= 2 * size else None
+
+
+def remove_orphaned_staging(root: Path) -> None:
+    """Delete the weight folders of processes killed mid-update: in shared memory they hold RAM."""
+    for folder in root.glob(f"{STAGING_PREFIX}*"):
+        pid = folder.name.removeprefix(STAGING_PREFIX).split("-")[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
+
+
 class VLLMEngine(RolloutEngine):
     """`vllm.LLM` generating from token ids, with raw per-token log-probs (`logprobs=0`).
 
@@ -199,8 +234,8 @@ class VLLMEngine(RolloutEngine):
         self._expected_names = _checkpoint_names(model_path)
         if self._expected_names is not None and self.tied_embeddings:
             self._expected_names.discard("lm_head.weight")
-        self._weights_dir = Path(tempfile.mkdtemp(prefix="rlpost-vllm-weights-"))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self._weights_dir, True)
+        for root in (SHARED_MEMORY, Path(tempfile.gettempdir())):
+            remove_orphaned_staging(root)
 
     def _engine_kwargs(self, config: RolloutConfig) -> dict[str, Any]:
         vc = config.vllm
@@ -266,18 +301,21 @@ class VLLMEngine(RolloutEngine):
 
         Needs the complete set of weights: vLLM fuses projections (q/k/v, gate/up) and a layer
         reloaded from part of its tensors would be left half-loaded. The file lives in a private
-        temporary folder on this host, so the worker must share the host's file system (true for
-        the in-process and multiprocess engines, and for tensor-parallel workers on one node).
+        temporary folder on this host (`staging_root`), so the worker must share the host's file
+        system (true for the in-process and multiprocess engines, and for tensor-parallel workers on
+        one node).
         """
         started = time.perf_counter()
-        path = self._weights_dir / "weights.safetensors"
         tensors = self._prepare_tensors(named_tensors)
-        save_file(tensors, str(path))
-        del tensors
-        self.llm.collective_rpc(_RELOAD_RPC, args=(str(path),))
+        size = sum(tensor.nbytes for tensor in tensors.values())
+        prefix = f"{STAGING_PREFIX}{os.getpid()}-"
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=staging_root(size)) as folder:
+            path = Path(folder) / "weights.safetensors"
+            save_file(tensors, str(path))
+            del tensors
+            self.llm.collective_rpc(_RELOAD_RPC, args=(str(path),))
         # Cached prefix KV blocks were computed by the old weights.
         self.llm.reset_prefix_cache()
-        path.unlink(missing_ok=True)
         self.policy_version = version
         log.info("vLLM weights updated to version %d in %.2f s", version, time.perf_counter() - started)
 
@@ -304,14 +342,13 @@ class VLLMEngine(RolloutEngine):
         return tensors
 
     def close(self) -> None:
-        """Shut the engine core down and delete the weight folder."""
+        """Shut the engine core down."""
         llm = getattr(self, "llm", None)
         if llm is not None:
             core = getattr(llm.llm_engine, "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
             self.llm = None  # type: ignore[assignment]
-        self._cleanup()
 
 
 _REAPER = """

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 from rollout_testlib import all_logprobs, check_groups, max_logprob_error, perturbed_state_dict, token_ids
 
@@ -101,6 +105,14 @@ def test_weight_update_changes_generation_and_restores(vllm_engine, hf_engine, p
     assert token_ids(restored) == token_ids(baseline)
     assert all_logprobs(restored) == all_logprobs(baseline)
     assert vllm_engine.policy_version == 3
+    assert not _staging_folders_of_this_process(), "every update deletes its weights file"
+
+
+def _staging_folders_of_this_process() -> list[Path]:
+    from rlpost.rollout.vllm import SHARED_MEMORY, STAGING_PREFIX
+
+    pattern = f"{STAGING_PREFIX}{os.getpid()}-*"
+    return [*SHARED_MEMORY.glob(pattern), *Path(tempfile.gettempdir()).glob(pattern)]
 
 
 def test_update_rejects_partial_or_unknown_weights(vllm_engine, hf_engine) -> None:
