@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
-
 from pydantic import BaseModel, ValidationError
+
+from rlpost.registry import closest
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the offending key."""
-
-
-def closest(name: str, candidates: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest candidate, or ''."""
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def _model_at(root: type[BaseModel], location: tuple) -> type[BaseModel] | None:
