@@ -7,12 +7,48 @@ crashes or is silent, the choice made here is stated at the spot.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from rlpost.config.sampler import KnapsackConfig
+from rlpost.config.base import Section
 from rlpost.samplers.budget_solver import solve_budget
 from rlpost.samplers.outcomes import information_score
+
+
+
+class KnapsackConfig(Section):
+    """Knapsack RL (ALGORITHMS.md §11): per-prompt rollout budgets from a knapsack over p(1-p)^2 value.
+
+    The step's B prompts come from the shuffled epoch order; the total budget is B * rollout.n.
+    Success is read from each completion's `correct` flag (0/1).
+    """
+
+    min_n: int = Field(2, ge=1)
+    """Base rollouts of an eligible prompt (history valid, 0 < p < 1); the knapsack adds 0..max_n-min_n more."""
+    negative_n: int = Field(2, ge=0)
+    """Rollouts of a prompt whose estimated success rate is 0 (before any fallback surplus); 0 skips it."""
+    positive_n: int = Field(2, ge=0)
+    """Rollouts of a prompt whose estimated success rate is 1; 0 skips it."""
+    max_n: int = Field(128, ge=1)
+    """Most rollouts the knapsack gives an eligible prompt (leftover spreading may exceed it, as in the reference code)."""
+    alpha: float = Field(0.9, gt=0, lt=1)
+    """Confidence of the `probability` cost estimate: rollouts needed to see the minority outcome with this probability."""
+    cost_estimation: Literal["probability", "expectation"] = "probability"
+    """Cost estimate of an eligible prompt for the fallback check: `probability` ln(1-alpha)/ln(max(p,1-p)) or `expectation` 1/(p(1-p)) - 1."""
+    allow_fallback: bool = True
+    """When the eligible prompts' estimated cost is below the spare budget, give the surplus to hard (p = 0) or unknown prompts."""
+    reward_buffer_length: int = Field(16, ge=1)
+    """A visit with fewer rollouts than this is extended with the most recent earlier outcomes up to this many (1: previous visit only)."""
+    min_buffer_length: int = Field(8, ge=0)
+    """Past rollouts a prompt needs before its estimate is trusted (valid); until then it gets rollout.n rollouts."""
+
+    @model_validator(mode="after")
+    def _max_at_least_min(self) -> KnapsackConfig:
+        if self.max_n < self.min_n:
+            raise ValueError(f"max_n ({self.max_n}) must be >= min_n ({self.min_n})")
+        return self
 
 
 def prob_nonzero_gradient(n: np.ndarray | int, p: np.ndarray | float) -> np.ndarray | float:

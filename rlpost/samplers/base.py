@@ -1,4 +1,4 @@
-"""The prompt-sampler interface, the shared epoch order, and the factory.
+"""The prompt-sampler interface, the shared epoch order, and the sampler registry.
 
 A sampler decides which prompts the next step rolls out and how many completions each gets,
 and learns from the scored groups. Its whole state (data position, per-prompt statistics, the
@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
-from rlpost.config.sampler import SamplerConfig
+from rlpost.registry import Registry
 from rlpost.samplers.outcomes import group_metrics
 from rlpost.types import Group, Prompt
 
 STATE_VERSION = 1
+
+SAMPLERS: Registry[type[PromptSampler]] = Registry("sampler", package="rlpost.samplers")
+"""Prompt samplers by `sampler.name`; each sampler's module registers itself (`register_sampler`)."""
+
+SamplerT = TypeVar("SamplerT", bound="type[PromptSampler]")
 
 # Purposes of the counter-keyed generators; distinct so that streams never coincide.
 EPOCH_STREAM = 0
@@ -203,20 +209,12 @@ def _fingerprint(prompts: list[Prompt]) -> str:
     return digest.hexdigest()
 
 
-def build_sampler(
-    config: SamplerConfig, prompts: list[Prompt], *, prompts_per_step: int, default_n: int, seed: int
-) -> PromptSampler:
-    """The sampler named by `config.name`, over `prompts` (B = prompts_per_step, n = default_n)."""
-    # Imported here: the concrete samplers import this module for the base class.
-    from rlpost.samplers.knapsack import KnapsackSampler
-    from rlpost.samplers.uniform import UniformSampler
-    from rlpost.samplers.vade import VadeSampler
 
-    common = {"prompts_per_step": prompts_per_step, "default_n": default_n, "seed": seed}
-    if config.name == "uniform":
-        return UniformSampler(prompts, **common)
-    if config.name == "vade":
-        return VadeSampler(prompts, config=config.vade, **common)
-    if config.name == "knapsack":
-        return KnapsackSampler(prompts, config=config.knapsack, **common)
-    raise ValueError(f"unknown sampler {config.name!r}")
+def register_sampler(name: str, *, config: type | None = None, **capabilities: Any) -> Callable[[SamplerT], SamplerT]:
+    """Class decorator: register a sampler as `sampler.name: <name>`, with its `sampler.<name>` section."""
+
+    def decorate(cls: SamplerT) -> SamplerT:
+        cls.name = name  # recorded in the state, to refuse a checkpoint of another sampler
+        return SAMPLERS.register(name, config=config, **capabilities)(cls)
+
+    return decorate

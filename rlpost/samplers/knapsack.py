@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from rlpost.config.sampler import KnapsackConfig
-from rlpost.samplers.allocation import Allocation, allocate_budgets
-from rlpost.samplers.base import PromptSampler
+from rlpost.samplers.allocation import Allocation, KnapsackConfig, allocate_budgets
+from rlpost.samplers.base import PromptSampler, register_sampler
 from rlpost.samplers.outcomes import binary_outcomes
 from rlpost.types import Group, Prompt
 
@@ -32,10 +31,9 @@ def visit_estimate(recent: list[int], outcomes: list[int], buffer_length: int) -
     return float(np.mean(window)), buffer
 
 
+@register_sampler("knapsack", config=KnapsackConfig)
 class KnapsackSampler(PromptSampler):
     """B prompts per step in epoch order, with unequal rollout budgets summing to B * n."""
-
-    name = "knapsack"
 
     def __init__(
         self,

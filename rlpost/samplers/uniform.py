@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from rlpost.samplers.base import PromptSampler
+from rlpost.samplers.base import PromptSampler, register_sampler
 from rlpost.types import Prompt
 
 
+@register_sampler("uniform")
 class UniformSampler(PromptSampler):
     """B prompts per step in a seeded per-epoch shuffle, each with `default_n` rollouts."""
-
-    name = "uniform"
 
     def next_batch(self, step: int) -> list[tuple[Prompt, int]]:
         indices = self.order.take(self.prompts_per_step)

@@ -26,9 +26,10 @@ import math
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from rlpost.config.sampler import VadeConfig
-from rlpost.samplers.base import PromptSampler
+from rlpost.config.base import Section
+from rlpost.samplers.base import PromptSampler, register_sampler
 from rlpost.samplers.outcomes import binary_outcomes, information_score
 from rlpost.types import Group, Prompt
 
@@ -37,6 +38,30 @@ SelectionMode = Literal["top", "proportional"]
 _MIN_WEIGHT = 1e-300
 """Floor of proportional-selection weights: a draw of exactly 0 or 1 scores 0, and numpy's
 weighted choice without replacement needs at least k non-zero weights."""
+
+
+
+class VadeConfig(Section):
+    """VADE (ALGORITHMS.md §10): Beta posterior per prompt, Thompson sampling on p(1-p)^2.
+
+    The count update and the two-scale decay are a documented reconstruction (§10.2/§10.5);
+    with both lambdas at 1 the posterior is the plain Beta-Bernoulli one.
+    """
+
+    pool_factor: float = Field(4.0, ge=1.0)
+    """Candidate pool per step: ceil(pool_factor * prompts_per_step) prompts taken from the shuffled epoch order (capped at the dataset size); the best prompts_per_step of them are rolled out."""
+    selection: Literal["top", "proportional"] = "top"
+    """`top` keeps the prompts with the highest sampled information score; `proportional` draws them without replacement with probability proportional to it."""
+    prior_alpha: float = Field(1.0, gt=0)
+    """Prior successes a0 of every prompt's Beta(a, b) posterior (1, 1 is uniform); decays pull back toward it."""
+    prior_beta: float = Field(1.0, gt=0)
+    """Prior failures b0 of every prompt's Beta(a, b) posterior."""
+    lambda_fast: float = Field(0.9, ge=0, le=1)
+    """Per-visit decay: before a prompt's new counts are added, (a, b) <- prior + lambda_fast * ((a, b) - prior); 1 keeps all evidence."""
+    lambda_slow: float = Field(0.999, ge=0, le=1)
+    """Global decay applied to every prompt once per update step: (a, b) <- prior + lambda_slow * ((a, b) - prior); 1 disables it."""
+    explore_unseen: bool = True
+    """Select prompts never rolled out before any seen prompt in the pool, so every prompt gets a first estimate."""
 
 
 def decay_toward_prior(x: np.ndarray | float, prior: float, lam: float) -> np.ndarray | float:
@@ -72,10 +97,9 @@ def beta_mean_var(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return a / total, a * b / (total**2 * (total + 1.0))
 
 
+@register_sampler("vade", config=VadeConfig)
 class VadeSampler(PromptSampler):
     """Thompson sampling of high-information prompts from a pool drawn in epoch order."""
-
-    name = "vade"
 
     def __init__(
         self,

@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlpost.config.sampler import KnapsackConfig
-from rlpost.samplers import KnapsackSampler, allocate_budgets
+from rlpost.samplers import KnapsackConfig, KnapsackSampler, allocate_budgets
 from rlpost.samplers.allocation import knapsack_value, knapsack_value_table, rollout_cost
 from rlpost.samplers.knapsack import visit_estimate
 from tests.samplers.sampler_helpers import make_group, make_prompts, run_steps

@@ -6,12 +6,12 @@ import pytest
 from pydantic import ValidationError
 
 from rlpost.config import RLPostConfig
-from rlpost.config.sampler import KnapsackConfig, SamplerConfig, VadeConfig
-from rlpost.samplers import KnapsackSampler, UniformSampler, VadeSampler, build_sampler
+from rlpost.config.sampler import SamplerConfig
+from rlpost.samplers import SAMPLERS, KnapsackConfig, build_sampler
 from tests.samplers.sampler_helpers import make_prompts
 
 
-@pytest.mark.parametrize("section", [SamplerConfig, VadeConfig, KnapsackConfig])
+@pytest.mark.parametrize("section", [SamplerConfig, *(e.config for e in SAMPLERS.entries() if e.config)])
 def test_every_field_is_documented(section):
     for name, field in section.model_fields.items():
         assert field.description, f"{section.__name__}.{name} has no docstring"
@@ -48,12 +48,23 @@ def test_invalid_settings_are_rejected(bad):
         SamplerConfig(**bad)
 
 
-@pytest.mark.parametrize(
-    ("name", "cls"), [("uniform", UniformSampler), ("vade", VadeSampler), ("knapsack", KnapsackSampler)]
-)
-def test_build_sampler_returns_the_named_sampler(name, cls):
+def test_the_shipped_samplers_are_registered_with_their_sections():
+    assert sorted(SAMPLERS.names()) == ["knapsack", "uniform", "vade"]
+    assert [e.name for e in SAMPLERS.entries() if e.config is None] == ["uniform"]
+    assert sorted(SamplerConfig.model_fields) == ["knapsack", "name", "vade"]
+    assert SamplerConfig.model_fields["knapsack"].annotation is KnapsackConfig
+
+
+def test_unknown_sampler_names_the_closest_one():
+    with pytest.raises(ValidationError, match="unknown sampler 'vaed' \\(did you mean 'vade'\\?\\)"):
+        SamplerConfig(name="vaed")
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_build_sampler_returns_the_named_sampler(name):
     sampler = build_sampler(SamplerConfig(name=name), make_prompts(10), prompts_per_step=4, default_n=8, seed=0)
-    assert type(sampler) is cls
+    assert type(sampler) is SAMPLERS.get(name)
+    assert sampler.name == name
     batch = sampler.next_batch(0)
     assert len(batch) == 4
     assert all(n == 8 for _, n in batch)  # no history yet: every sampler starts uniform

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from rlpost.config.sampler import SamplerConfig
-from rlpost.samplers import build_sampler
+from rlpost.samplers import SAMPLERS, build_sampler
 from tests.samplers.sampler_helpers import make_prompts, run_steps
 
-NAMES = ["uniform", "vade", "knapsack"]
+NAMES = SAMPLERS.names()
 PROMPTS = make_prompts(14)
 # A spread of difficulties so VADE's posteriors and Knapsack's budgets become non-trivial.
 RATES = {p.prompt_id: rate for p, rate in zip(PROMPTS, np.linspace(0.0, 1.0, len(PROMPTS)), strict=True)}

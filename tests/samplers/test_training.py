@@ -24,7 +24,7 @@ from rlpost.config import load_config
 from rlpost.config.schema import RLPostConfig
 from rlpost.io.metrics import read_metrics
 from rlpost.learner.batch import PolicyTargets, TrainBatch
-from rlpost.samplers import PromptSampler, allocate_budgets, binary_outcomes
+from rlpost.samplers import SAMPLERS, PromptSampler, allocate_budgets, binary_outcomes
 from rlpost.samplers.outcomes import budget_histogram
 from rlpost.trainer import Trainer
 from rlpost.types import Group
@@ -191,7 +191,11 @@ def check_knapsack(trainer: Trainer, recording: Recording, records: list[dict]) 
 SAMPLER_CHECKS = {"uniform": check_uniform, "vade": check_vade, "knapsack": check_knapsack}
 
 
-@pytest.mark.parametrize("name", list(SAMPLER_CHECKS))
+def test_every_registered_sampler_has_a_training_check():
+    assert sorted(SAMPLER_CHECKS) == sorted(SAMPLERS.names())
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
 def test_sampler_trains_with_groups_of_unequal_size(tmp_path, tiny_chat_model_path, name):
     config = load_config(
         CONFIGS / CONFIG_FILES[name],

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlpost.config.sampler import VadeConfig
-from rlpost.samplers import UniformSampler, VadeSampler, information_score
+from rlpost.samplers import UniformSampler, VadeConfig, VadeSampler, information_score
 from rlpost.samplers.vade import beta_update, choose, decay_toward_prior
 from rlpost.types import Prompt
 from tests.samplers.sampler_helpers import make_group, make_prompts, run_steps
