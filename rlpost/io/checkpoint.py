@@ -98,8 +98,9 @@ def verify_checkpoint(folder: Path) -> dict:
         raise CheckpointError(f"checkpoint {folder} has no {MANIFEST}: it is incomplete")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is unreadable ({exc})") from None
+    _check_manifest_fields(folder, manifest)
     for name, expected in manifest["files"].items():
         path = folder / name
         if not path.is_file():
@@ -107,6 +108,23 @@ def verify_checkpoint(folder: Path) -> dict:
         if _sha256(path) != expected:
             raise CheckpointError(f"checkpoint {folder}: file {name} does not match its checksum")
     return manifest
+
+
+def _check_manifest_fields(folder: Path, manifest: object) -> None:
+    """A manifest damaged by hand or by another tool is named, not a KeyError (and resume passes over it)."""
+    problem = None
+    if not isinstance(manifest, dict):
+        problem = f"holds a {type(manifest).__name__}, not an object"
+    elif not isinstance(manifest.get("files"), dict) or not all(
+        isinstance(name, str) and isinstance(digest, str) for name, digest in manifest["files"].items()
+    ):
+        problem = "has no 'files' mapping of file names to SHA-256 digests"
+    elif not isinstance(manifest.get("step"), int) or isinstance(manifest["step"], bool):
+        problem = "has no integer 'step'"
+    elif not isinstance(manifest.get("config_digest"), str):
+        problem = "has no 'config_digest' text"
+    if problem:
+        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is damaged: it {problem}")
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -145,6 +163,7 @@ def resume_checkpoint(root: Path, resume: str, config_digest: str) -> Path | Non
     Raises `CheckpointError` when it is damaged or was written with a different config.
     """
     if resume == "never":
+        check_new_run_folder(root.parent)
         return None
     folder = latest_checkpoint(root) if resume == "auto" else Path(resume)
     if folder is None:
@@ -153,6 +172,31 @@ def resume_checkpoint(root: Path, resume: str, config_digest: str) -> Path | Non
     if manifest["config_digest"] != config_digest:
         raise CheckpointError(
             f"checkpoint {folder} was written with a different config (digest {manifest['config_digest']} "
-            f"vs {config_digest}); use another train.output_dir or train.resume=never"
+            f"vs {config_digest}); start the new run in another train.output_dir"
         )
     return folder
+
+
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.yaml", "tensorboard", "final")
+"""What a run leaves in its `train.output_dir`; a new run never writes over another run's."""
+
+
+def check_new_run_folder(output_dir: Path) -> None:
+    """Refuse a new run (`train.resume=never`) in a folder that already holds a run's files; creates nothing.
+
+    A new run there would prune the old run's checkpoints by step number (or its own) and replace
+    its metrics.jsonl and config.yaml.
+    """
+    output_dir = Path(output_dir)
+    # An empty folder holds nothing to lose.
+    found = [name for name in RUN_FILES if _holds_something(output_dir / name)]
+    if found:
+        raise CheckpointError(
+            f"train.output_dir = {output_dir} already holds a run ({', '.join(found)}) and train.resume=never "
+            "starts a new one, which would overwrite it: choose another train.output_dir, continue that run "
+            "with train.resume=auto, or move its files away yourself"
+        )
+
+
+def _holds_something(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))

@@ -78,6 +78,26 @@ def _record_step(line: str) -> float:
         return math.inf
 
 
+class MetricsError(ValueError):
+    """A run folder has no readable metrics; the message names the folder or the line."""
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of `run_dir/metrics.jsonl`; the torn last line a killed process leaves is passed over."""
     path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    if not path.is_file():
+        what = "does not exist" if not Path(run_dir).exists() else f"has no {METRICS_FILE}"
+        raise MetricsError(f"run folder {run_dir} {what} (give the train.output_dir of a run)")
+    lines = [(number, line) for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if index == len(lines) - 1:
+                break  # written in part when the process was killed
+            raise MetricsError(f"{path}, line {number}: not a JSON record") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
+            raise MetricsError(f"{path}, line {number}: not a metrics record (an object with a numeric 'step')")
+        records.append(record)
+    return records

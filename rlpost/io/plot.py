@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlpost.io.metrics import read_metrics
+from rlpost.io.metrics import METRICS_FILE, MetricsError, read_metrics
 
 PANELS = [
     ("Reward", ["reward/mean"]),
@@ -15,12 +15,18 @@ PANELS = [
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the curves of `run_dir` to `out` (default RUN_DIR/curves.png); checks both before drawing."""
+    records = read_metrics(run_dir)
+    if not records:
+        raise MetricsError(f"{Path(run_dir) / METRICS_FILE} has no records yet (the run has not finished a step)")
+    out = Path(out) if out else Path(run_dir) / "curves.png"
+    if not out.parent.is_dir():
+        raise MetricsError(f"--out {out}: folder {out.parent} does not exist")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_metrics(run_dir)
     figure, axes = plt.subplots(2, 2, figsize=(11, 7))
     for axis, (title, keys) in zip(axes.flat, PANELS, strict=True):
         for key in keys:
@@ -35,7 +41,6 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
             axis.legend(fontsize=8)
     figure.suptitle(str(run_dir))
     figure.tight_layout()
-    out = out or Path(run_dir) / "curves.png"
     figure.savefig(out, dpi=100)
     plt.close(figure)
     return out
