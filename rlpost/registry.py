@@ -54,9 +54,12 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Name -> plug-in, filled by the `register` decorator of the plug-ins' own modules."""
 
-    def __init__(self, kind: str, package: str | None = None):
+    def __init__(self, kind: str, package: str | None = None, capabilities: Iterable[str] | None = None):
+        """`capabilities`, when given, are the only capability flags `register` accepts (a typo in a flag
+        would otherwise read as "not capable" everywhere it is consulted)."""
         self.kind = kind
         self.package = package
+        self.capabilities = None if capabilities is None else frozenset(capabilities)
         self._entries: dict[str, Entry[T]] = {}
         self._discovered = package is None
 
@@ -64,6 +67,12 @@ class Registry(Generic[T]):
         self, name: str, *, config: type | None = None, defaults: Mapping[str, Any] | None = None, **capabilities: Any
     ) -> Callable[[T], T]:
         """Decorator: register the class or function under `name`."""
+
+        unknown = sorted(set(capabilities) - self.capabilities) if self.capabilities is not None else []
+        if unknown:
+            raise ValueError(
+                f"{self.kind} {name!r}: unknown capabilities {', '.join(unknown)}; known: {', '.join(sorted(self.capabilities))}"
+            )
 
         def decorate(target: T) -> T:
             existing = self._entries.get(name)

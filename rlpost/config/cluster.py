@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rlpost.config.base import Section
+from rlpost.objectives.registry import has_capability
 
 ISCorrection = Literal["auto", "token", "sequence", "mask", "none"]
 
@@ -76,7 +77,7 @@ class ClusterConfig(Section):
     """Importance-sampling correction of the learner/behaviour log-prob gap, multiplying the per-token policy loss:
     `token` (truncated per-token ratio), `sequence` (truncated sequence ratio), `mask` (drop tokens whose ratio
     leaves [1/cap, cap]), `none`. `auto`: `token` when max_staleness > 0 (`none` for objectives that correct
-    themselves, i.e. vcpo), else `none`."""
+    themselves, registered with `corrects_off_policy`: vcpo), else `none`."""
     is_cap: float = Field(2.0, ge=1.0)
     """Truncation C of the importance weight min(ratio, C) (token/sequence), or the band [1/C, C] (mask)."""
 
@@ -117,6 +118,6 @@ class ClusterConfig(Section):
         """The importance-sampling correction in force (`auto` resolved) for an objective."""
         if self.is_correction != "auto":
             return self.is_correction
-        if self.max_staleness == 0 or objective_name == "vcpo":
+        if self.max_staleness == 0 or has_capability(objective_name, "corrects_off_policy"):
             return "none"
         return "token"

@@ -7,11 +7,12 @@ Per-token tensors are [N, T] and right-padded; `mask` marks valid response token
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlpost.config.objective import ObjectiveConfig
+if TYPE_CHECKING:  # the config module builds its schema from the objective modules, so they import it lazily
+    from rlpost.config.objective import ObjectiveConfig
 
 
 @dataclass

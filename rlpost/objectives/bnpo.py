@@ -19,10 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 
+from rlpost.config.base import Section
 from rlpost.objectives.base import AdvantageInputs, Metrics
 from rlpost.objectives.core import group_statistics
 from rlpost.objectives.grpo import GRPO
+from rlpost.objectives.registry import OBJECTIVES
 
 VAR_FLOOR = 1e-12
 """Below this variance of the group means the moment fit is degenerate (v -> 0 divides by zero)."""
@@ -112,6 +115,27 @@ def bnpo_advantages(
     )
 
 
+class BnpoConfig(Section):
+    """Reward range, advantage decomposition, weight guards."""
+
+    min_value: float = 0.0
+    """Lowest possible reward; rewards are mapped to [0, 1] by (r - min_value) / (max_value - min_value)."""
+    max_value: float = 1.0
+    """Highest possible reward (set 2 for accuracy + format summed without decomposition)."""
+    decompose: bool = False
+    """Advantage decomposition: a Beta-normalised advantage per reward component, averaged."""
+    components: list[str] | None = None
+    """Reward names decomposed over; null uses every component present. List only enabled rewards."""
+    weight_max: float = Field(1e6, gt=0)
+    """Upper clamp of the weight 1/BetaPDF(p) (the authors' code uses 1e6)."""
+    max_adv: float | None = Field(None, gt=0)
+    """Optional clamp of |A| (not in the authors' code); its hit rate is logged. Null disables it."""
+
+
+# §4.4 (BNPO run.sh).
+@OBJECTIVES.register(
+    "bnpo", config=BnpoConfig, defaults={"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "loss_agg": "seq-mean-token-sum"}
+)
 class BNPO(GRPO):
     name = "bnpo"
 

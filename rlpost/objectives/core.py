@@ -13,10 +13,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from rlpost.config.objective import KLEstimator, LossAggregation
 from rlpost.objectives.base import Metrics, StepScale
+
+if TYPE_CHECKING:  # see rlpost.objectives.base
+    from rlpost.config.objective import KLEstimator, LossAggregation
 
 LOG_RATIO_CLAMP = 20.0
 """|log ratio| bound before exp (verl): keeps ratios finite for stale or diverged tokens."""

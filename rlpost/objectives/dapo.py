@@ -1,7 +1,7 @@
 """DAPO: clip-higher, token-level loss, overlong reward shaping, dynamic sampling.
 
 ALGORITHMS.md §2 (verl DAPO recipe). The loss is GRPO's with the method defaults of
-`METHOD_DEFAULTS["dapo"]` (clip 0.2/0.28, dual clip 10, token-mean); this module adds
+registered method defaults (clip 0.2/0.28, dual clip 10, token-mean); this module adds
 
 - `overlong_penalty` / `DAPO.shape_rewards`: the soft overlong punishment added to the reward;
 - `DAPO.sequences_in_loss`: the optional overlong filter (truncated completions leave the loss);
@@ -26,12 +26,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Generic, Literal, TypeVar
 
-import torch
+from typing import TYPE_CHECKING
 
-from rlpost.config.objective import DapoConfig, ObjectiveConfig
+import torch
+from pydantic import Field
+
+from rlpost.config.base import Section
 from rlpost.objectives.base import AdvantageInputs, Metrics
 from rlpost.objectives.grpo import GRPO
+from rlpost.objectives.registry import OBJECTIVES
 from rlpost.types import Group
+
+if TYPE_CHECKING:  # see rlpost.objectives.base
+    from rlpost.config.objective import ObjectiveConfig
 
 DEFAULT_BUFFER_FRACTION = 0.2
 """Overlong buffer as a fraction of L_max when unset: the recipe's 4096 of 20480."""
@@ -51,6 +58,33 @@ def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, penalt
     return torch.clamp(penalty, min=-penalty_factor)
 
 
+class DapoConfig(Section):
+    """Overlong reward shaping and dynamic sampling."""
+
+    overlong_shaping: bool = True
+    """Add the soft overlong penalty to the reward of completions longer than L_max - overlong_buffer."""
+    overlong_buffer: int | None = Field(None, ge=1)
+    """Length of the penalty ramp L_cache in tokens; null uses 20% of L_max (the recipe's 4096 of 20480)."""
+    overlong_penalty_factor: float = Field(1.0, ge=0)
+    """Penalty at L_max (the ramp goes from 0 to -penalty_factor across the buffer)."""
+    overlong_filter: bool = False
+    """Exclude truncated completions from the loss (paper option; off in the recipe and the best paper run)."""
+    filter_groups: bool = True
+    """Dynamic sampling: drop groups whose filter metric is the same for all completions, sample more prompts."""
+    filter_metric: Literal["acc", "score"] = "acc"
+    """Value whose within-group spread decides if a group is kept: `acc` (correctness; the recipe) or `score` (total reward)."""
+    gen_batch_prompts: int | None = Field(None, ge=1)
+    """Prompts generated per dynamic-sampling round; null uses train.prompts_per_step (the recipe uses 3x)."""
+    max_gen_batches: int = Field(10, ge=0)
+    """Generation rounds allowed per step before giving up (0: unlimited)."""
+    on_exhausted: Literal["raise", "proceed"] = "raise"
+    """When max_gen_batches rounds keep too few groups: stop with an error (the recipe) or train on the groups kept."""
+
+
+# §2.3 (verl DAPO recipe): clip-higher, dual clip 10, token-level loss.
+@OBJECTIVES.register(
+    "dapo", config=DapoConfig, defaults={"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "loss_agg": "token-mean"}
+)
 class DAPO(GRPO):
     name = "dapo"
 

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import torch
 
+from rlpost.config.base import Section
 from rlpost.objectives.base import AdvantageInputs, Metrics
 from rlpost.objectives.grpo import GRPO
+from rlpost.objectives.registry import OBJECTIVES
 
 
+class DrGrpoConfig(Section):
+    """Reward of truncated completions."""
+
+    truncated_reward: float | None = 0.0
+    """Reward of completions that hit the length limit (the Dr.GRPO reference sets 0); null keeps their reward."""
+
+
+# ALGORITHMS §1.3: no std, Σ/(B·L_max), no KL.
+@OBJECTIVES.register("dr_grpo", config=DrGrpoConfig, defaults={"normalize_adv_by_std": False, "loss_agg": "dr-grpo"})
 class DrGRPO(GRPO):
     name = "dr_grpo"
 

@@ -7,9 +7,10 @@ optional entropy bonus. Other methods subclass this and override the small hooks
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from rlpost.config.objective import LossAggregation, ObjectiveConfig
 from rlpost.objectives.base import AdvantageInputs, LossInputs, Metrics, Objective, StepScale
 from rlpost.objectives.core import (
     PolicyLossTerms,
@@ -23,8 +24,13 @@ from rlpost.objectives.core import (
     tensor_stats,
     token_share,
 )
+from rlpost.objectives.registry import OBJECTIVES
+
+if TYPE_CHECKING:  # see rlpost.objectives.base
+    from rlpost.config.objective import LossAggregation, ObjectiveConfig
 
 
+@OBJECTIVES.register("grpo")
 class GRPO(Objective):
     """A_i = (r_i - mean_g)/(std_g + eps); loss = clipped surrogate + kl_coef·KL - entropy_coef·H."""
 

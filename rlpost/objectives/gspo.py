@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from rlpost.config.base import Section
 from rlpost.objectives.base import LossInputs, Metrics, StepScale
 from rlpost.objectives.core import (
     PolicyLossTerms,
@@ -24,6 +25,7 @@ from rlpost.objectives.core import (
     token_share,
 )
 from rlpost.objectives.grpo import GRPO
+from rlpost.objectives.registry import OBJECTIVES
 
 
 def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, log_ratio_max: float = 10.0) -> torch.Tensor:
@@ -55,6 +57,17 @@ def gspo_token_policy_terms(
     )
 
 
+class GspoConfig(Section):
+    """Guard of the sequence log-ratio."""
+
+    log_ratio_max: float = 10.0
+    """Upper clamp of the sequence log-ratio log s_i before exp (verl's guard)."""
+
+
+# §3: tiny ranges because the sequence ratio is a geometric mean; verl forces seq-mean-token-mean.
+@OBJECTIVES.register(
+    "gspo", config=GspoConfig, defaults={"clip_low": 3e-4, "clip_high": 4e-4, "clip_c": None, "loss_agg": "seq-mean-token-mean"}
+)
 class GSPO(GRPO):
     name = "gspo"
 

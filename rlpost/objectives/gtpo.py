@@ -30,11 +30,12 @@ of `token_weights(...)` as `LossInputs.token_weights`, and provide entropy (`nee
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from pydantic import Field
 
-from rlpost.config.objective import ObjectiveConfig
+from rlpost.config.base import Section
 from rlpost.objectives.base import AdvantageInputs, LossInputs, Metrics, StepScale
 from rlpost.objectives.core import (
     PolicyLossTerms,
@@ -47,6 +48,10 @@ from rlpost.objectives.core import (
     token_share,
 )
 from rlpost.objectives.grpo import GRPO
+from rlpost.objectives.registry import OBJECTIVES
+
+if TYPE_CHECKING:  # see rlpost.objectives.base
+    from rlpost.config.objective import ObjectiveConfig
 
 
 def end_aligned(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -143,6 +148,27 @@ def shaped_advantages(advantages: torch.Tensor, entropy: torch.Tensor, *, thresh
     return torch.where(advantages != 0, shaped, torch.zeros_like(shaped))
 
 
+class GtpoConfig(Section):
+    """Conflict-token weights and the entropy filter."""
+
+    entropy_threshold: float = Field(0.7, ge=0)
+    """Completions with mean token entropy above this get advantage 0 (entropy filter)."""
+    entropy_scale: float = Field(0.1, ge=0)
+    """Entropy shaping: A' = A - entropy_scale * H for completions kept by the filter."""
+    conflict_weight: float = Field(2.0, ge=0)
+    """Weight W of conflict tokens in positive completions (negative completions get 0 there)."""
+    faithful: bool = False
+    """Reproduce the authors' code exactly: W^2 for tokens conflicting both ways, its miscounted n_conf, losses summed over completions."""
+    delta_combine: Literal["max", "product"] = "max"
+    """How forward and backward conflicts combine (ignored when faithful): `max` gives W once, `product` gives W^2."""
+    conflict_norm: Literal["union", "none"] = "union"
+    """Divide a completion's loss by its count of conflict tokens (true union of both directions), or not (ignored when faithful)."""
+
+
+# §5.2: no std, no clipping (single on-policy step); per-completion token mean.
+@OBJECTIVES.register(
+    "gtpo", config=GtpoConfig, defaults={"normalize_adv_by_std": False, "clip": False, "loss_agg": "seq-mean-token-mean"}
+)
 class GTPO(GRPO):
     name = "gtpo"
     needs_token_ids = True

@@ -1,33 +1,44 @@
-"""Objective registry: name -> "module:Class". Torch-free so the config can validate names.
+"""The objective registry. Each `rlpost/objectives/<name>.py` registers its class with
 
-Adding an objective: write `rlpost/objectives/<name>.py` with a class implementing
-`rlpost.objectives.base.Objective`, add one line here, and add its tests.
+    @OBJECTIVES.register("rloo", config=RlooConfig, defaults={...}, corrects_off_policy=False)
+
+declaring, beside its code, its config section (`objective.<name>.*`), the values of shared knobs
+it sets when the config leaves them unset, and its capability flags (`CAPABILITIES`). The config
+schema builds `objective.<name>` sub-sections from the registry (`rlpost.config.objective`).
 """
 
 from __future__ import annotations
 
-import importlib
+from rlpost.registry import Entry, Registry
 
-_OBJECTIVES: dict[str, str] = {
-    "grpo": "rlpost.objectives.grpo:GRPO",
-    "dr_grpo": "rlpost.objectives.dr_grpo:DrGRPO",
-    "dapo": "rlpost.objectives.dapo:DAPO",
-    "gspo": "rlpost.objectives.gspo:GSPO",
-    "bnpo": "rlpost.objectives.bnpo:BNPO",
-    "gtpo": "rlpost.objectives.gtpo:GTPO",
-    "vcpo": "rlpost.objectives.vcpo:VCPO",
+CAPABILITIES: dict[str, str] = {
+    "corrects_off_policy": "the loss corrects stale (off-policy) data itself, so `cluster.is_correction: auto` "
+    "adds no importance-sampling correction on top (VCPO)",
+    "own_gradient_path": "the objective may take its own gradient path instead of back-propagating "
+    "`compute_loss` (VCPO's OPOB); the instance's `per_trajectory_baseline` says whether it does for its config",
 }
+"""Capability flags an objective may declare, and what each tells the other components."""
+
+OBJECTIVES: Registry[type] = Registry("objective", package="rlpost.objectives", capabilities=CAPABILITIES)
 
 
 def objective_names() -> list[str]:
-    return list(_OBJECTIVES)
+    """Every registered objective name."""
+    return OBJECTIVES.names()
 
 
 def get_objective(name: str) -> type:
     """The objective class registered under `name`."""
-    try:
-        target = _OBJECTIVES[name]
-    except KeyError:
-        raise KeyError(f"unknown objective {name!r}; registered: {', '.join(sorted(_OBJECTIVES))}") from None
-    module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return OBJECTIVES.get(name)
+
+
+def objective_entry(name: str) -> Entry[type]:
+    """The registry entry of `name`: class, config section, method defaults and capabilities."""
+    return OBJECTIVES.entry(name)
+
+
+def has_capability(name: str, capability: str) -> bool:
+    """Whether objective `name` declares `capability` (one of `CAPABILITIES`)."""
+    if capability not in CAPABILITIES:
+        raise KeyError(f"unknown objective capability {capability!r}; known: {', '.join(CAPABILITIES)}")
+    return bool(OBJECTIVES.entry(name).capabilities.get(capability, False))

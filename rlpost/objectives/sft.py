@@ -15,11 +15,15 @@ Metrics (additive shares, summed by the learner over micro-batches):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from rlpost.config.objective import LossAggregation
 from rlpost.objectives.base import LossInputs, Metrics, StepScale
 from rlpost.objectives.core import aggregate_loss, token_share, valid_sequences
+
+if TYPE_CHECKING:  # see rlpost.objectives.base
+    from rlpost.config.objective import LossAggregation
 
 
 class SFTLoss:

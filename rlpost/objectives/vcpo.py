@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from pydantic import Field
 
-from rlpost.config.objective import ObjectiveConfig
+from rlpost.config.base import Section
 from rlpost.objectives.base import LossInputs, Metrics, StepScale
 from rlpost.objectives.core import (
     PolicyLossTerms,
@@ -43,6 +45,10 @@ from rlpost.objectives.core import (
     valid_sequences,
 )
 from rlpost.objectives.grpo import GRPO
+from rlpost.objectives.registry import OBJECTIVES
+
+if TYPE_CHECKING:  # see rlpost.objectives.base
+    from rlpost.config.objective import ObjectiveConfig
 
 STD_FLOOR = 1e-8
 """Group reward std below which OPOB does not divide by it (the code's guard)."""
@@ -196,6 +202,38 @@ def truncated_sequence_is_weights(
     return torch.exp(torch.clamp(log_w, max=log_threshold)), log_w > log_threshold
 
 
+class VcpoConfig(Section):
+    """Importance weights, ESS learning-rate scaling, OPOB."""
+
+    is_threshold: float | None = Field(8.0, gt=0)
+    """Truncation of the sequence importance weight exp(sum(old_logp - behaviour_logp)) in the loss; null disables the weight."""
+    ess_scaling: bool = True
+    """Scale this optimizer step's learning rate by the effective sample size of the step's importance weights."""
+    ess_rule: Literal["sqrt", "linear"] = "sqrt"
+    """lr multiplier from lr_scale = min(1, rho / base_ess_ratio): its square root (default, AdamW) or itself."""
+    base_ess_ratio: float = Field(1.0, gt=0)
+    """ESS ratio rho = ESS / B at which the full learning rate is used."""
+    ess_use_clipped: bool = False
+    """Compute the ESS from the truncated weights instead of the raw ones (both are logged)."""
+    opob: bool = False
+    """Use the off-policy optimal baseline b* per group instead of GRPO advantages: one backward pass per
+    trajectory (advantage 1) and two gradient-sized buffers. Needs objective.kl_coef = 0 and
+    entropy_coef = 0, and direct gradient access (learner.backend torch, or deepspeed with zero_stage 0,
+    float32 weights, one rank). The recipe enables it (configs/vcpo.yaml); the code's own default is off."""
+    opob_norm_by_std: bool = True
+    """OPOB: divide (R - b) by the group's population reward std (the recipe); false uses R - b."""
+    opob_use_is_weights: bool = True
+    """OPOB: weight each trajectory's ||g||^2 by its squared importance weight."""
+
+
+# §6.4 (vcpo_k=10.sh): clipping disabled, seq-mean-token-mean.
+@OBJECTIVES.register(
+    "vcpo",
+    config=VcpoConfig,
+    defaults={"clip": False, "loss_agg": "seq-mean-token-mean"},
+    corrects_off_policy=True,  # truncated sequence IS weight + ESS-scaled lr
+    own_gradient_path=True,  # OPOB (vcpo.opob), see per_trajectory_baseline
+)
 class VCPO(GRPO):
     name = "vcpo"
 
