@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import math
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -88,6 +91,10 @@ class DataConfig(Section):
     """The built-in arithmetic task."""
 
 
+RESUME_KEYWORDS = ("auto", "never")
+"""`train.resume` values that are not a checkpoint folder."""
+
+
 class RewardFunctionConfig(Section):
     name: str
     """`math_verify`, `boxed_format`, `path/to/file.py:function` or `package.module:function`."""
@@ -95,6 +102,13 @@ class RewardFunctionConfig(Section):
     """Weight in the total reward (total = sum of weight * score)."""
     kwargs: dict[str, Any] = {}
     """Extra keyword arguments passed to the function on every call."""
+
+    @field_validator("weight")
+    @classmethod
+    def _finite_weight(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number: the total reward is the weighted sum, so one NaN or inf weight makes every total NaN or inf")
+        return value
 
 
 class RewardConfig(Section):
@@ -152,14 +166,14 @@ class RolloutConfig(Section):
 
 
 class OptimizerConfig(Section):
-    lr: float = Field(1e-6, gt=0)
+    lr: float = 1e-6
     """Peak learning rate of AdamW."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     eps: float = 1e-8
-    """AdamW epsilon."""
+    """AdamW epsilon (added to the denominator sqrt(v) + eps; >= 0)."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this value (null: no clipping; the norm is still logged)."""
     warmup_steps: int = Field(0, ge=0)
@@ -168,6 +182,27 @@ class OptimizerConfig(Section):
     """Decay after warm-up, to `min_lr_ratio * lr` at the last step."""
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     """Final learning rate as a fraction of `lr` (cosine and linear schedules)."""
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_finite_lr(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError("must be a finite number > 0")
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in betas):
+            raise ValueError("each beta must be in [0, 1): they are the decay rates of Adam's moment averages, and at 1 the bias correction 1 - beta^t is 0")
+        return betas
+
+    @field_validator("eps")
+    @classmethod
+    def _non_negative_eps(cls, value: float) -> float:
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError("must be a finite number >= 0: it is added to Adam's denominator sqrt(v), which a negative eps can bring to 0")
+        return value
 
 
 class LearnerConfig(Section):
@@ -212,6 +247,20 @@ class TrainConfig(Section):
     """`auto` (newest complete checkpoint in output_dir, if any), `never`, or a checkpoint folder."""
     threads: int | None = None
     """torch intra-op threads (null: torch's default)."""
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _resume_value(cls, value: Any) -> Any:
+        allowed = "'auto', 'never' or a checkpoint folder"
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"must be {allowed}")
+        if value in RESUME_KEYWORDS or Path(value).exists():
+            return value
+        # A near-miss of a keyword that is no folder is a typo: resuming from a missing folder is never meant.
+        near = difflib.get_close_matches(value.strip().lower(), RESUME_KEYWORDS, n=1, cutoff=0.6)
+        if near:
+            raise ValueError(f"is not {allowed} (did you mean {near[0]!r}?)")
+        return value
 
 
 class EvalConfig(Section):
