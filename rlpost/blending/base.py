@@ -18,47 +18,64 @@ plan that does not defer its weights, is never computed. Everything a controller
 the same schedule after a restart (RNG, reference norms, mu, step counters) is in `state_dict()`,
 which the trainer writes into the checkpoint.
 
-This module is torch-free (the config validates controller names through the registry below).
+A controller is one module of `rlpost.blending.controllers` whose class registers itself with
+`@register_controller("name", config=ItsSection, **capabilities)`; its section becomes
+`blending.<name>`. This module is torch-free and imports no config (the config imports it).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
+from rlpost.registry import Registry
 from rlpost.types import Group, Prompt
-
-if TYPE_CHECKING:
-    from rlpost.config.blending import BlendingConfig
 
 Metrics = dict[str, float]
 
-_CONTROLLERS: dict[str, str] = {
-    "sasr": "rlpost.blending.sasr:SASR",
-    "hpt": "rlpost.blending.hpt:HPT",
-    "amft": "rlpost.blending.amft:AMFT",
-}
-"""Controller registry: name -> "module:Class". Add a controller with one file and one line here."""
+CAPABILITIES = ("holds_out_validation", "combines_gradients")
+"""Flags a controller declares when it registers (class attributes of `BlendController`, False by default)."""
+
+CONTROLLERS: Registry[type[BlendController]] = Registry("blending controller", package="rlpost.blending.controllers")
+"""Blending controllers by `blending.name` (`none`, the RL objective alone, is not one of them)."""
+
+ControllerT = TypeVar("ControllerT", bound="type[BlendController]")
+
+
+def register_controller(
+    name: str, *, config: type | None = None, **capabilities: bool
+) -> Callable[[ControllerT], ControllerT]:
+    """Class decorator: register a controller as `blending.name: <name>`, with its `blending.<name>` section.
+
+    The capability flags are set on the class too, where the trainer and the learner read them.
+    """
+
+    unknown = sorted(set(capabilities) - set(CAPABILITIES))
+    if unknown:  # a misspelt flag would silently read as "not capable"
+        raise ValueError(f"controller {name!r}: unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
+
+    def decorate(cls: ControllerT) -> ControllerT:
+        cls.name = name
+        for flag, value in capabilities.items():
+            setattr(cls, flag, value)
+        return CONTROLLERS.register(name, config=config, **capabilities)(cls)
+
+    return decorate
 
 
 def controller_names() -> list[str]:
-    return list(_CONTROLLERS)
+    return CONTROLLERS.names()
 
 
 def get_controller(name: str) -> type[BlendController]:
-    """The controller class registered under `name`."""
-    try:
-        target = _CONTROLLERS[name]
-    except KeyError:
-        raise KeyError(f"unknown blending controller {name!r}; registered: {', '.join(sorted(_CONTROLLERS))}") from None
-    module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    """The controller class registered under `name` (KeyError naming the closest one otherwise)."""
+    return CONTROLLERS.get(name)
 
 
-def build_controller(config: BlendingConfig, seed: int) -> BlendController | None:
-    """The controller `config.name` names, or None for `none` (the RL objective alone)."""
+def build_controller(config: Any, seed: int) -> BlendController | None:
+    """The controller `config.name` names (`config` is the `blending` section), or None for `none`."""
     if config.name == "none":
         return None
     return get_controller(config.name)(config, seed)
@@ -180,7 +197,8 @@ class BlendController:
     combines_gradients: bool = False
     """Whether its plans defer their weights (the learner then rewrites gradients: torch backend or DeepSpeed stage 0)."""
 
-    def __init__(self, config: BlendingConfig, seed: int):
+    def __init__(self, config: Any, seed: int):
+        """`config`: the whole `blending` section (`rlpost.config.blending.BlendingConfig`)."""
         self.config = config
         self.seed = seed
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.blending import build_controller
+from rlpost.blending import build_controller, controller_names
 from rlpost.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["sasr", "hpt", "amft"])
+@pytest.mark.parametrize("name", controller_names())
 def test_config_extends_the_quickstart(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     quickstart = load_config(CONFIGS / "quickstart.yaml")

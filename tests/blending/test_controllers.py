@@ -7,10 +7,20 @@ import random
 
 import pytest
 
-from rlpost.blending import BlendPlan, BlendProbe, StepStats, build_controller
-from rlpost.blending.amft import meta_gradient, update_mu
-from rlpost.blending.hpt import count_successes
-from rlpost.blending.sasr import switch_probability
+from rlpost.blending import (
+    CONTROLLERS,
+    BlendController,
+    BlendPlan,
+    BlendProbe,
+    StepStats,
+    build_controller,
+    controller_names,
+    get_controller,
+    register_controller,
+)
+from rlpost.blending.controllers.amft import meta_gradient, update_mu
+from rlpost.blending.controllers.hpt import count_successes
+from rlpost.blending.controllers.sasr import switch_probability
 from rlpost.config.blending import BlendingConfig
 from rlpost.types import Completion, Group, Prompt
 
@@ -249,15 +259,16 @@ def test_amft_holds_out_validation_rows_deterministically():
 # ---------------------------------------------------------------------------------- state
 
 
-@pytest.mark.parametrize("name,section", [
-    ("sasr", {"warmup_steps": 2}),
-    ("hpt", {"gate": 0}),
-    ("amft", {"warmup_steps": 1, "meta_update_freq": 2}),
-])
-def test_state_dict_resumes_the_same_schedule(name, section):
+RESUME_SECTIONS = {"sasr": {"warmup_steps": 2}, "hpt": {"gate": 0}, "amft": {"warmup_steps": 1, "meta_update_freq": 2}}
+"""Settings that reach each controller's later phases within the resume test's ten steps."""
+
+
+@pytest.mark.parametrize("name", controller_names())
+def test_state_dict_resumes_the_same_schedule(name):
     """A controller rebuilt from state_dict() (through JSON) makes the same decisions as the original."""
     import json
 
+    section = RESUME_SECTIONS.get(name, {})
     rng = random.Random(5)
 
     def step_groups():
@@ -281,9 +292,28 @@ def test_state_dict_resumes_the_same_schedule(name, section):
     assert fresh.state_dict() != original.state_dict(), "the state must record progress"
 
 
+def test_the_shipped_controllers_are_registered_with_their_sections():
+    assert sorted(controller_names()) == ["amft", "hpt", "sasr"]
+    assert sorted(BlendingConfig.model_fields) == ["amft", "hpt", "name", "sasr", "sft"]
+    for entry in CONTROLLERS.entries():
+        assert get_controller(entry.name) is entry.target and entry.target.name == entry.name
+        assert BlendingConfig.model_fields[entry.name].annotation is entry.config
+    flags = {e.name: (e.target.holds_out_validation, e.target.combines_gradients) for e in CONTROLLERS.entries()}
+    assert flags == {"sasr": (False, False), "hpt": (False, False), "amft": (True, True)}
+    assert CONTROLLERS.entry("amft").capabilities == {"holds_out_validation": True, "combines_gradients": True}
+
+
+def test_a_misspelt_capability_is_refused():
+    with pytest.raises(ValueError, match="unknown capabilities \\['combine_gradients'\\]"):
+        register_controller("test_misspelt", combine_gradients=True)
+    assert "test_misspelt" not in CONTROLLERS
+    assert not BlendController.combines_gradients
+
+
 def test_config_validation():
-    with pytest.raises(ValueError, match="did you mean 'sasr'"):
+    with pytest.raises(ValueError, match="unknown blending controller 'sars' \\(did you mean 'sasr'\\?\\)"):
         BlendingConfig(name="sars")
+    assert BlendingConfig(name="none").name == "none"
     with pytest.raises(ValueError, match="p_min"):
         BlendingConfig.model_validate({"name": "sasr", "sasr": {"p_min": 0.9, "p_max": 0.1}})
     with pytest.raises(ValueError, match="mu_min"):

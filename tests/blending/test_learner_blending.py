@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlpost.blending import BlendPlan, build_controller
-from rlpost.blending.amft import update_mu
+from rlpost.blending.controllers.amft import update_mu
 from rlpost.blending.runner import blended_update
 from rlpost.learner.batch import build_train_batch, prepare_update
 from tests.blending.helpers import (

@@ -34,8 +34,48 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats
+from pydantic import Field, model_validator
+
+from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats, register_controller
+from rlpost.config.base import Section
 from rlpost.types import Prompt
+
+
+class AmftConfig(Section):
+    """AMFT (§9): SFT warm-up, then L = (1 - mu) L_RL + mu L_SFT with a learned mu.
+
+    Each hybrid step, before the update: mu <- clip(mu - meta_lr * g_meta + entropy_lr * (H_target - H_t)),
+    with H_t the policy's token entropy on the step's rollouts and H_target its entropy on
+    demonstrations right after warm-up. Every `meta_update_freq` hybrid steps,
+    g_meta = -eta * <grad L_val, grad L_SFT - grad L_RL> (one-step look-ahead, first order; L_val is
+    the NLL of held-out demonstrations), otherwise 0. The published code *adds* meta_lr * g_meta,
+    which ascends the validation loss; rlpost subtracts it, descending L_val (§9.1).
+    """
+
+    warmup_steps: int = Field(5, ge=0)
+    """SFT-only steps before the hybrid phase (the authors' config: 50)."""
+    initial_mu: float = Field(0.8, ge=0, le=1)
+    """mu at the start of the hybrid phase (the configs use 0.8; the controller's default and the README say 0.5)."""
+    mu_min: float = Field(0.05, ge=0, le=1)
+    """Lower clamp of mu."""
+    mu_max: float = Field(0.95, ge=0, le=1)
+    """Upper clamp of mu."""
+    meta_lr: float = Field(1e-4, ge=0)
+    """eta_meta: step size of the meta-gradient term."""
+    entropy_lr: float = Field(5e-4, ge=0)
+    """eta_ent: step size of the entropy term (lower entropy than the target -> more SFT)."""
+    meta_update_freq: int = Field(20, ge=1)
+    """Compute g_meta on every this many hybrid steps (the first hybrid step included); it costs one more backward pass and two gradient-sized buffers."""
+    policy_lr: float | None = Field(None, gt=0)
+    """eta in g_meta; null uses the optimizer's learning rate at that step (the authors use their policy_lr, 1e-6)."""
+    validation_size: int = Field(16, ge=1)
+    """Training rows held out (by a seeded draw) whose demonstrations form the validation batch of L_val; they are never trained on."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AmftConfig:
+        if self.mu_min > self.mu_max:
+            raise ValueError(f"mu_min ({self.mu_min}) must be <= mu_max ({self.mu_max})")
+        return self
 
 
 def meta_gradient(val_dot_sft: float, val_dot_rl: float, eta: float) -> float:
@@ -66,11 +106,8 @@ def update_mu(
     return clipped, clipped != raw
 
 
+@register_controller("amft", config=AmftConfig, holds_out_validation=True, combines_gradients=True)
 class AMFT(BlendController):
-    name = "amft"
-    holds_out_validation = True
-    combines_gradients = True
-
     def __init__(self, config, seed: int):
         super().__init__(config, seed)
         self.settings = config.amft

@@ -22,10 +22,34 @@ Differences from the authors' code, by design:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats
+from pydantic import Field
+
+from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats, register_controller
+from rlpost.config.base import Section
 from rlpost.types import Group
+
+
+class HptConfig(Section):
+    """HPT (§8.3, `unify_strategy="switch"`): per question, SFT on its demonstration when at most
+    `gate` of its rollouts succeed (its rollouts are dropped), RL on its rollouts otherwise; one
+    optimizer step on L = L_RL + sft_coef * L_SFT.
+
+    The RL part uses `objective` on the kept groups only (advantages from their own group
+    statistics). The authors' setting is Dr.GRPO advantages (no std), no clipping and Σ/T_max
+    aggregation: `objective: {name: dr_grpo, clip: false, loss_agg: seq-mean-token-sum-norm}`
+    (configs/hpt.yaml).
+    """
+
+    gate: int = Field(0, ge=0)
+    """switch_gate: a question goes to SFT when its count of successful rollouts is <= gate (0: only never-solved questions)."""
+    success: Literal["correct", "reward"] = "correct"
+    """Success test of a rollout: its `correct` flag (the accuracy reward), or its total reward equal to `success_value` (the authors' code)."""
+    success_value: float = 1.0
+    """Reward that counts as a success when `success: reward` (compared exactly, as in the code)."""
+    sft_coef: float = Field(1.0, ge=0)
+    """sft_loss_coef: weight of the SFT loss (the script's comment suggests 0.3 for a 1.5B model)."""
 
 
 def count_successes(group: Group, success: str, success_value: float) -> int:
@@ -42,9 +66,8 @@ def route(successes: list[int], gate: int) -> tuple[list[int], list[int]]:
     return rl, sft
 
 
+@register_controller("hpt", config=HptConfig)
 class HPT(BlendController):
-    name = "hpt"
-
     def __init__(self, config, seed: int):
         super().__init__(config, seed)
         self.settings = config.hpt

@@ -23,11 +23,44 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, Literal
 
-from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats
+from pydantic import Field, model_validator
+
+from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats, register_controller
+from rlpost.config.base import Section
 
 DENOMINATOR_EPS = 1e-8
+
+
+class SasrConfig(Section):
+    """SASR (§7.5): SFT warm-up, then each step is wholly SFT with probability p_t, else wholly RL.
+
+    p_t = G_last / (G_last + gamma * G_warmup), clamped to [p_min, p_max]. G_warmup is the pre-clip
+    SFT gradient norm of the last warm-up step; G_last is the pre-clip gradient norm of the latest
+    SFT step (updated only on SFT steps). **A reconstruction**: the rule follows a third-party
+    re-implementation that says it follows the paper's Algorithm 1; the paper's own code was not
+    found (ALGORITHMS.md §7.2, §7.5). Defaults for gamma and the warm-up were not found either.
+    """
+
+    warmup_steps: int = Field(5, ge=1)
+    """W: SFT-only steps before the hybrid phase (at least 1: G_warmup is measured on the last one)."""
+    gamma: float = Field(1.0, gt=0)
+    """Weight of the warm-up norm in p_t = G_last / (G_last + gamma * G_warmup); 1 gives p = 0.5 right after warm-up."""
+    p_min: float = Field(0.05, ge=0, le=1)
+    """Lower clamp of the SFT probability (keeps some SFT even when the SFT gradient vanishes)."""
+    p_max: float = Field(0.95, ge=0, le=1)
+    """Upper clamp of the SFT probability (keeps some RL when G_warmup is ~0, §7.3)."""
+    kl_reference: Literal["post_warmup", "initial"] = "post_warmup"
+    """Reference of the RL steps' KL term (when objective.kl_coef > 0): the policy frozen at the end of warm-up (§7.5) or the initial model."""
+    seed: int | None = None
+    """Seed of the per-step Bernoulli draws; null uses train.seed."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SasrConfig:
+        if self.p_min > self.p_max:
+            raise ValueError(f"p_min ({self.p_min}) must be <= p_max ({self.p_max})")
+        return self
 
 
 def switch_probability(g_last: float, g_warmup: float, gamma: float, p_min: float = 0.0, p_max: float = 1.0) -> float:
@@ -36,9 +69,8 @@ def switch_probability(g_last: float, g_warmup: float, gamma: float, p_min: floa
     return min(max(p, p_min), p_max)
 
 
+@register_controller("sasr", config=SasrConfig)
 class SASR(BlendController):
-    name = "sasr"
-
     def __init__(self, config, seed: int):
         super().__init__(config, seed)
         self.settings = config.sasr
