@@ -33,18 +33,20 @@ See `examples/custom_reward.py`.
 
 Built-in rewards: `math_verify` (1.0 when math-verify finds the gold `answer` in the completion,
 boxed or not) and `boxed_format` (1.0 when the completion has a non-empty `\\boxed{...}`).
-More can be registered by name with `@register_reward("name")`.
+More can be registered by name with `@register_reward("name")`; a new built-in is one module of
+`rlpost.rewards.builtin`.
 """
 
 from rlpost.rewards.binding import SIGNATURE, bind_reward
 from rlpost.rewards.builtin import boxed_format_reward, math_verify_reward
 from rlpost.rewards.errors import RewardFunctionError, RewardWorkerError
 from rlpost.rewards.manager import RewardManager
-from rlpost.rewards.registry import get_reward_fn, register_reward, reward_names
+from rlpost.rewards.registry import REWARDS, get_reward_fn, register_reward, reward_names
 from rlpost.rewards.worker import FAILURE_KINDS
 
 __all__ = [
     "FAILURE_KINDS",
+    "REWARDS",
     "SIGNATURE",
     "RewardFunctionError",
     "RewardManager",

@@ -6,7 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlpost.config.errors import closest
+from rlpost.registry import closest
 from rlpost.rewards.errors import RewardFunctionError
 from rlpost.rewards.registry import RewardFn
 

@@ -9,7 +9,7 @@ import weakref
 from collections import Counter
 from dataclasses import dataclass
 
-from rlpost.config.errors import closest
+from rlpost.registry import closest
 from rlpost.config.schema import RewardConfig, RewardFunctionConfig
 from rlpost.rewards.binding import bind_reward
 from rlpost.rewards.errors import RewardFunctionError

@@ -9,19 +9,22 @@ Registering a reward makes it available by name in `reward.functions`:
         return float(completion.strip() == answer)
 
 The function must live at the top level of an importable module: worker processes receive it by
-reference (module and name), not by value.
+reference (module and name), not by value. The built-in rewards are the modules of
+`rlpost.rewards.builtin`, imported the first time a name is looked up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from rlpost.config.errors import closest
+from rlpost.registry import Registry, UnknownPluginError
 from rlpost.rewards.errors import RewardFunctionError
+from rlpost.rewards.user import load_user_reward
 
 RewardFn = Callable[..., float]
 
-_REGISTRY: dict[str, RewardFn] = {}
+REWARDS: Registry[RewardFn] = Registry("reward", package="rlpost.rewards.builtin")
+"""Reward functions by name (`reward.functions[].name` without a `:`)."""
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -30,39 +33,28 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
         raise ValueError(f"reward name {name!r} may not contain ':' (that marks file and module specs)")
 
     def register(fn: RewardFn) -> RewardFn:
-        existing = _REGISTRY.get(name)
-        if existing is not None and _qualified(existing) != _qualified(fn):
-            raise ValueError(f"reward {name!r} is already registered to {_qualified(existing)}")
-        _REGISTRY[name] = fn
-        return fn
+        if name in REWARDS and _qualified(REWARDS.get(name)) == _qualified(fn):
+            return fn  # a reward file run again (listed twice in reward.functions): keep the first copy
+        return REWARDS.register(name)(fn)
 
     return register
 
 
 def reward_names() -> list[str]:
     """Names usable in `reward.functions` without a `:` spec."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(REWARDS.names())
 
 
 def get_reward_fn(name: str) -> RewardFn:
     """The function for a registered name, a `path/to/file.py:fn` spec or a `package.module:fn` spec."""
     if ":" in name:
-        from rlpost.rewards.user import load_user_reward
-
         return load_user_reward(name)
-    _load_builtins()
-    if name not in _REGISTRY:
+    try:
+        return REWARDS.get(name)
+    except UnknownPluginError as err:
         raise RewardFunctionError(
-            f"unknown reward {name!r}{closest(name, _REGISTRY)}; registered: {', '.join(sorted(_REGISTRY))} "
-            "(or give a user function as path/to/file.py:function or package.module:function)"
-        )
-    return _REGISTRY[name]
-
-
-def _load_builtins() -> None:
-    # Imported here, not at module import, because builtin.py itself imports this module to register.
-    import rlpost.rewards.builtin  # noqa: F401
+            f"{err} (or give a user function as path/to/file.py:function or package.module:function)"
+        ) from None
 
 
 def _qualified(fn: RewardFn) -> str:

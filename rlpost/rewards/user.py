@@ -7,12 +7,12 @@ import importlib
 import importlib.util
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from rlpost.config.errors import closest
+from rlpost.registry import closest
 from rlpost.rewards.errors import RewardFunctionError
-from rlpost.rewards.registry import RewardFn
 
 
 def is_file_spec(spec: str) -> bool:
@@ -29,7 +29,7 @@ def absolute_spec(spec: str) -> str:
     return f"{Path(target).expanduser().resolve()}:{name}"
 
 
-def load_user_reward(spec: str) -> RewardFn:
+def load_user_reward(spec: str) -> Callable[..., float]:
     """The function named by `spec`, or a RewardFunctionError naming `spec` and what went wrong."""
     target, _, name = spec.rpartition(":")
     if not target or not name:
@@ -39,7 +39,7 @@ def load_user_reward(spec: str) -> RewardFn:
         public = [attr for attr in vars(module) if not attr.startswith("_")]
         functions = [attr for attr in public if callable(getattr(module, attr))]
         raise RewardFunctionError(
-            f"reward {spec!r}: {target} has no function {name!r}{closest(name, public)}; "
+            f"reward {spec!r}: {target} has no function {name!r}{closest(name, functions)}; "
             f"functions: {', '.join(functions) or '(none)'}"
         )
     fn = getattr(module, name)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from rlpost.rewards import (
+    REWARDS,
     RewardFunctionError,
+    bind_reward,
     boxed_format_reward,
     get_reward_fn,
     math_verify_reward,
@@ -71,8 +75,22 @@ def test_registry_built_ins_and_unknown_names():
     assert {"math_verify", "boxed_format"} <= set(reward_names())
     assert get_reward_fn("math_verify") is math_verify_reward
     assert get_reward_fn("boxed_format") is boxed_format_reward
+    assert sorted(BUILT_IN) == ["boxed_format", "math_verify"]
     with pytest.raises(RewardFunctionError, match=r"unknown reward 'math_verfy' \(did you mean 'math_verify'\?\)"):
         get_reward_fn("math_verfy")
+
+
+BUILT_IN = [e.name for e in REWARDS.entries() if e.target.__module__.startswith("rlpost.rewards.builtin.")]
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_built_in_reward_can_run_in_a_worker(name):
+    """Workers get a registered function by reference, bind it to the row fields, and call it."""
+    fn = get_reward_fn(name)
+    assert pickle.loads(pickle.dumps(fn)) is fn
+    bound = bind_reward(fn, name)
+    assert bound("p", "so \\boxed{7}", {"question": "3 + 4?", "answer": "7"}) == 1.0
+    assert bound("p", "no answer", {"question": "3 + 4?", "answer": "7"}) == 0.0
 
 
 def exact_answer(prompt: str, completion: str, *, answer: str, **row_fields) -> float:
@@ -87,7 +105,7 @@ def test_register_reward():
     assert register_reward("test_exact_answer")(exact_answer) is exact_answer
     assert get_reward_fn("test_exact_answer") is exact_answer
     assert register_reward("test_exact_answer")(exact_answer) is exact_answer  # re-registering the same is fine
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="two rewards are registered as 'test_exact_answer'"):
         register_reward("test_exact_answer")(other_function)
     with pytest.raises(ValueError, match="may not contain ':'"):
         register_reward("a:b")

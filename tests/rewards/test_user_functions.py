@@ -29,6 +29,22 @@ def test_load_from_file_and_module(tmp_path):
     assert get_reward_fn("rlpost.rewards.builtin:boxed_format_reward")("p", "\\boxed{1}") == 1.0
 
 
+def test_a_file_that_registers_a_reward_can_be_loaded_twice(tmp_path):
+    """Two entries of reward.functions in one file run the file twice: its registration must not clash."""
+    path = write(tmp_path, """
+        from rlpost.rewards import register_reward
+
+        @register_reward("test_twice_loaded")
+        def half(prompt, completion, **row_fields):
+            return 0.5
+    """, name="registers.py")
+    first = get_reward_fn(f"{path}:half")
+    second = get_reward_fn(f"{path}:half")
+    assert first is not second, "the file ran twice"
+    assert get_reward_fn("test_twice_loaded") is first
+    assert second("p", "c") == 0.5
+
+
 def test_file_can_import_a_helper_next_to_it(tmp_path):
     write(tmp_path, "BONUS = 0.25\n", name="reward_helpers.py")
     path = write(tmp_path, """

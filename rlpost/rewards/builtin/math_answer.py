@@ -1,4 +1,4 @@
-"""Built-in rewards: `math_verify` (is the final answer right) and `boxed_format` (is an answer boxed)."""
+"""Built-in reward `math_verify`: 1.0 when the completion's final answer equals the gold `answer`."""
 
 from __future__ import annotations
 
@@ -57,25 +57,3 @@ def _warm_up_math_verify() -> None:
 
 
 math_verify_reward.warmup = _warm_up_math_verify  # type: ignore[attr-defined]
-
-
-@register_reward("boxed_format")
-def boxed_format_reward(prompt: str, completion: str, **row_fields: Any) -> float:
-    """1.0 when `completion` has a complete `\\boxed{...}` with non-blank content, else 0.0."""
-    return 1.0 if any(content.strip() for content in boxed_contents(completion)) else 0.0
-
-
-def boxed_contents(text: str) -> list[str]:
-    """The contents of every complete `\\boxed{...}` in `text` (nested braces allowed; unclosed ones ignored)."""
-    contents = []
-    start = text.find("\\boxed{")
-    while start != -1:
-        opening = start + len("\\boxed{")
-        depth, position = 1, opening
-        while position < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[position], 0)
-            position += 1
-        if depth == 0:
-            contents.append(text[opening : position - 1])
-        start = text.find("\\boxed{", opening)
-    return contents
