@@ -8,7 +8,7 @@ import torch
 
 from rlpost.blending import BlendPlan, build_controller
 from rlpost.blending.controllers.amft import update_mu
-from rlpost.blending.runner import blended_update
+from rlpost.blending.runner import apply_blend, plan_blend
 from rlpost.learner.batch import build_train_batch, prepare_update
 from tests.blending.helpers import (
     assert_gradients_close,
@@ -25,6 +25,15 @@ from tests.blending.helpers import (
 )
 
 MIXED = [[True, False, False, True], [False, False, False], [True, True, False, True, False]]
+
+
+def blended_update(controller, learner, demos, step, groups, batch, targets, validation_prompts=()):
+    """One blended step as the loop takes it: plan, the learner's step, then the controller observes."""
+    rl_batch, rl_targets, update = plan_blend(
+        controller, learner.objective, demos, step, groups, batch, targets, validation_prompts
+    )
+    metrics, probe = apply_blend(learner, rl_batch, rl_targets, update)
+    return {**update.plan.metrics, **metrics, **controller.observe(probe)}
 
 
 def _count_calls(obj, attribute: str) -> list[int]:
