@@ -25,6 +25,8 @@ def model_token_logprobs(
     fused: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     compute_entropy: bool = False,
+    top_p: float = 1.0,
+    top_k: int = -1,
 ) -> tuple[Tensor, Tensor | None]:
     """Response-aligned log-probs (and entropies) of the response tokens of a batch.
 
@@ -39,7 +41,9 @@ def model_token_logprobs(
     distribution (None unless `compute_entropy`). Entries where `response_mask` is 0 are exactly 0
     and carry no gradient. Every masked-in position must satisfy 1 <= p < S.
 
-    `temperature` divides the logits (log-probs of the tempered sampling distribution).
+    `temperature` divides the logits (log-probs of the tempered sampling distribution); `top_p` < 1
+    and `top_k` >= 1 then truncate and renormalise it as the rollout engines do, so that on-policy
+    these are the engines' behaviour log-probs (the defaults leave it untruncated).
     `fused=True` uses the chunked fused op with the head's weight (tied or not) and bias;
     `fused=False` applies the LM head module to the selected hidden states and takes the plain
     fp32 log_softmax. Models whose head is not a plain `nn.Linear` (a LoRA-adapted head), whose
@@ -55,23 +59,36 @@ def model_token_logprobs(
     hidden = _last_hidden_state(causal_lm, input_ids, attention_mask)
     selected = hidden[rows, positions - 1]  # [n, H], n = number of response tokens
     targets = input_ids[rows, positions]
+    logp, entropy = _head_logprobs(
+        causal_lm,
+        selected,
+        targets,
+        temperature=temperature,
+        fused=fused,
+        chunk_size=chunk_size,
+        compute_entropy=compute_entropy,
+        top_p=top_p,
+        top_k=top_k,
+    )
+    return _scatter(logp, response_mask), (_scatter(entropy, response_mask) if entropy is not None else None)
+
+
+def _head_logprobs(
+    causal_lm: nn.Module, selected: Tensor, targets: Tensor, *, fused: bool, **options
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (and entropy) of `targets` from the selected hidden states [n, H] through the LM head.
+
+    `options`: temperature, chunk_size, compute_entropy, top_p and top_k of `model_token_logprobs`.
+    """
+    head = causal_lm.get_output_embeddings()
     softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
     if fused and _fusable_head(head) and not softcap:
-        logp, entropy = fused_token_logprobs(
-            selected,
-            head.weight,
-            targets,
-            bias=head.bias,
-            temperature=temperature,
-            chunk_size=chunk_size,
-            compute_entropy=compute_entropy,
-        )
-    else:
-        logits = head(selected)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        logp, entropy = token_logprobs_from_logits(logits, targets, temperature, compute_entropy)
-    return _scatter(logp, response_mask), (_scatter(entropy, response_mask) if entropy is not None else None)
+        return fused_token_logprobs(selected, head.weight, targets, bias=head.bias, **options)
+    logits = head(selected)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    options.pop("chunk_size")
+    return token_logprobs_from_logits(logits, targets, **options)
 
 
 def _fusable_head(head: nn.Module) -> bool:

@@ -25,6 +25,11 @@ class SamplingSettings:
     greedy: bool = False
     """Greedy decoding (temperature and top-p ignored)."""
 
+    @property
+    def decodes_greedily(self) -> bool:
+        """Argmax decoding: asked for, or implied by temperature 0."""
+        return self.greedy or self.temperature == 0
+
 
 class RolloutEngine(ABC):
     """Generates groups of completions and takes new weights from the learner."""
@@ -35,8 +40,10 @@ class RolloutEngine(ABC):
     def generate(self, prompts: list[Prompt], n_per_prompt: list[int], sampling: SamplingSettings) -> list[Group]:
         """One group per prompt with `n_per_prompt[i]` completions each, in prompt order.
 
-        Every completion carries its token ids, text, per-token behaviour log-probs (raw, before
-        temperature), finish reason and the engine's current policy version.
+        Every completion carries its token ids, text, per-token behaviour log-probs, finish reason
+        and the engine's current policy version. The log-probs are those of the distribution each
+        token was sampled from: after temperature, top-k and top-p, renormalised (greedy: of the
+        raw logits), what `rlpost.ops.model_token_logprobs` computes with the same settings.
         """
 
     @abstractmethod

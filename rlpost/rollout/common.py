@@ -125,7 +125,7 @@ class SampledSequence:
 
     token_ids: list[int]
     logprobs: list[float]
-    """Raw log-prob of each token in `token_ids` (same length)."""
+    """Log-prob of each token in `token_ids` (same length) under the distribution it was sampled from."""
     finish_reason: str | None = None
     """The engine's reason if it reports one; None: derive it from the stop tokens."""
 

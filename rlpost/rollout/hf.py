@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from rlpost.ops.logprobs import warp_logits
 from rlpost.rollout.base import RolloutEngine, SamplingSettings
 from rlpost.rollout.common import (
     SampledSequence,
@@ -34,29 +35,33 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unsupported dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
 
 
-class RawLogprobRecorder(LogitsProcessor):
-    """Records the raw log-prob of every sampled token from the logits `generate` already computes.
+class SampledLogprobRecorder(LogitsProcessor):
+    """Applies temperature, top-k and top-p itself and records the log-prob of every sampled token
+    under that warped distribution: the one `generate` samples from, scored by the learner's rule.
+
+    `HFEngine` turns transformers' own warpers off and installs this as the only processor, so the
+    logits returned here are what `generate` samples from, and the learner's
+    `model_token_logprobs(..., temperature, top_p, top_k)` computes the same log-probs
+    (`rlpost.ops.logprobs.warp_logits`, one implementation for both).
 
     `generate` calls its logits processors once per step with the step's raw logits (float32) and
     the ids so far, whose last column is the token sampled from the previous step's logits. So each
     call gathers the previous step's log-prob and keeps only the current step's `[batch, vocab]`
     log-softmax: memory O(batch x vocab) instead of `output_logits=True`'s O(steps x batch x vocab)
     (3 GiB for 64 x 256 tokens with a 49k vocabulary), and no second forward pass.
-
-    transformers runs user processors after its own non-warper processors and before the sampling
-    warpers (temperature, top-k, top-p). `HFEngine` configures generation so that no non-warper
-    processor exists, hence the scores seen here are the raw logits.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1) -> None:
+        self.warps = (temperature, top_p, top_k)
         self._pending: torch.Tensor | None = None
         self._gathered: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._pending is not None:
             self._gathered.append(self._gather(self._pending, input_ids[:, -1]))
-        self._pending = torch.log_softmax(scores.float(), dim=-1)
-        return scores
+        warped = warp_logits(scores, *self.warps)
+        self._pending = torch.log_softmax(warped, dim=-1)
+        return warped
 
     @staticmethod
     def _gather(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -76,7 +81,8 @@ class RawLogprobRecorder(LogitsProcessor):
 
 
 class HFEngine(RolloutEngine):
-    """Batched `generate` with left padding; behaviour log-probs are raw (before temperature).
+    """Batched `generate` with left padding; behaviour log-probs are those of the sampled
+    distribution (after temperature, top-k and top-p; `SampledLogprobRecorder`).
 
     Groups of unequal size are flattened into one list of sequences, sorted by prompt length (less
     padding) and generated `batch_size` at a time. A fixed `seed` repeats every call's output: each
@@ -109,7 +115,7 @@ class HFEngine(RolloutEngine):
         self.tied_embeddings = bool(getattr(self.model.config.get_text_config(), "tie_word_embeddings", False))
         # Replace the checkpoint's generation defaults (repetition penalty, suppressed tokens, ...):
         # generate fills unset fields from them, and any such processor would both change the
-        # sampling distribution away from vLLM's and sit before RawLogprobRecorder.
+        # sampling distribution away from vLLM's and sit before SampledLogprobRecorder.
         self.model.generation_config = GenerationConfig(
             eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id, bos_token_id=self.tokenizer.bos_token_id
         )
@@ -140,14 +146,16 @@ class HFEngine(RolloutEngine):
         return assemble_groups(prompts, n_per_prompt, sequences, self.tokenizer, self.stop_ids, self.policy_version)
 
     def _generation_config(self, sampling: SamplingSettings) -> GenerationConfig:
-        """Every field generate would otherwise fill from its defaults is set (its default top-k is 50)."""
-        greedy = sampling.greedy or sampling.temperature == 0
+        """Every field generate would otherwise fill from its defaults is set (its default top-k is 50).
+
+        transformers' warpers stay off: `SampledLogprobRecorder` applies temperature, top-k and top-p.
+        """
         return GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
-            do_sample=not greedy,
-            temperature=1.0 if greedy else sampling.temperature,
-            top_p=1.0 if greedy else sampling.top_p,
-            top_k=0 if greedy or sampling.top_k < 1 else sampling.top_k,
+            do_sample=not sampling.decodes_greedily,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
             repetition_penalty=1.0,
             num_beams=1,
             eos_token_id=sorted(self.stop_ids),
@@ -159,7 +167,7 @@ class HFEngine(RolloutEngine):
         self, token_ids: Sequence[list[int]], sampling: SamplingSettings, seed: int
     ) -> list[SampledSequence]:
         input_ids, attention_mask = left_pad(token_ids, self.pad_id, self.device)
-        recorder = RawLogprobRecorder()
+        recorder = _recorder(sampling)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             sequences = self.model.generate(
@@ -205,6 +213,13 @@ class HFEngine(RolloutEngine):
     def close(self) -> None:
         """Drop the model so its memory can be reclaimed."""
         self.model = None  # type: ignore[assignment]
+
+
+def _recorder(sampling: SamplingSettings) -> SampledLogprobRecorder:
+    """Greedy decoding takes the argmax of the raw logits and reports their log-probs (as vLLM does)."""
+    if sampling.decodes_greedily:
+        return SampledLogprobRecorder()
+    return SampledLogprobRecorder(sampling.temperature, sampling.top_p, sampling.top_k)
 
 
 def left_pad(token_ids: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,10 +118,6 @@ def _repack_tied_lm_head(worker: Any) -> None:
         quant_method.process_weights_after_loading(lm_head)
 
 
-def _is_greedy(sampling: SamplingSettings) -> bool:
-    return sampling.greedy or sampling.temperature == 0
-
-
 def _sampled_sequence(out: Any) -> SampledSequence:
     """A vLLM `CompletionOutput` with `logprobs=0`: each step's dict holds the sampled token's entry."""
     token_ids = list(out.token_ids)
@@ -197,7 +193,8 @@ def _process_exists(pid: int) -> bool:
 
 
 class VLLMEngine(RolloutEngine):
-    """`vllm.LLM` generating from token ids, with raw per-token log-probs (`logprobs=0`).
+    """`vllm.LLM` generating from token ids, with the sampled distribution's per-token log-probs
+    (`logprobs=0`, `logprobs_mode="processed_logprobs"`).
 
     Completions match the HF engine's format exactly (same truncation, finish reasons and
     detokenisation, via `rlpost.rollout.common`); vLLM's own detokenisation is switched off.
@@ -244,7 +241,9 @@ class VLLMEngine(RolloutEngine):
             enforce_eager=vc.enforce_eager,
             tensor_parallel_size=vc.tensor_parallel_size,
             worker_extension_cls=_EXTENSION,
-            logprobs_mode="raw_logprobs",  # the default; the behaviour log-probs depend on it
+            # The sampled distribution's log-probs (after temperature, top-k, top-p), which the
+            # learner recomputes; the default, "raw_logprobs", is before all of them.
+            logprobs_mode="processed_logprobs",
             max_num_batched_tokens=vc.max_num_batched_tokens,
         )
         if not self._on_cpu:
@@ -258,7 +257,7 @@ class VLLMEngine(RolloutEngine):
     def _sampling_params(self, n: int, sampling: SamplingSettings, seed: int) -> Any:
         from vllm import SamplingParams
 
-        if _is_greedy(sampling):
+        if sampling.decodes_greedily:
             return SamplingParams(
                 n=1, temperature=0.0, max_tokens=sampling.max_new_tokens, logprobs=0, detokenize=False
             )
@@ -288,7 +287,7 @@ class VLLMEngine(RolloutEngine):
         sequences: list[SampledSequence] = []
         for i, request in zip(requested, outputs, strict=True):
             samples = [_sampled_sequence(out) for out in sorted(request.outputs, key=lambda o: o.index)]
-            if _is_greedy(sampling):
+            if sampling.decodes_greedily:
                 # vLLM refuses n > 1 without sampling; greedy copies are identical, so decode once.
                 samples = [_copy(samples[0]) for _ in range(n_per_prompt[i])]
             sequences.extend(samples)

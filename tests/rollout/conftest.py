@@ -52,3 +52,18 @@ def hf_engine(model_path: str):
     engine = HFEngine(model_path, dtype="float32", batch_size=4, seed=0)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(model_path):
+    """One fp32 eager vLLM engine for every test that needs it (each start costs 20-30 s)."""
+    pytest.importorskip("vllm")
+    from rlpost.config.schema import RolloutConfig, VllmConfig
+    from rlpost.rollout import build_engine
+    from rlpost.rollout.vllm import VLLMEngine
+
+    config = RolloutConfig(engine="vllm", dtype="float32", vllm=VllmConfig(enforce_eager=True, kv_cache_space_gib=1))
+    engine = build_engine(config, model_path, seed=0)
+    assert isinstance(engine, VLLMEngine)
+    yield engine
+    engine.close()

@@ -24,10 +24,11 @@ def test_groups_have_the_requested_structure(hf_engine, prompts, tokenizer) -> N
 
 
 def test_logprobs_equal_a_teacher_forced_forward(hf_engine, prompts) -> None:
-    """Raw log-probs (before temperature and top-k/p) from padded batched generation match an unpadded forward."""
+    """Log-probs of the sampled distribution (after temperature, top-k and top-p) from padded batched
+    generation match an unpadded forward through transformers' own warpers."""
     # batch_size 4 for 6 rows: two batches, each mixing prompt lengths, i.e. with left padding.
     groups = hf_engine.generate(prompts, [2, 2, 2], TEACHER_FORCED)
-    assert max_logprob_error(hf_engine.model, groups) < 1e-4
+    assert max_logprob_error(hf_engine.model, groups, TEACHER_FORCED) < 1e-4
 
 
 def test_tiny_token_limit_finishes_with_length(hf_engine, prompts, tokenizer) -> None:

@@ -1,4 +1,4 @@
-"""The vLLM engine on the real SmolLM2-135M model: one fp32 eager engine for the whole module."""
+"""The vLLM engine on the real SmolLM2-135M model: one fp32 eager engine (conftest's `vllm_engine`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from rollout_testlib import all_logprobs, check_groups, max_logprob_error, perturbed_state_dict, token_ids
 
-from rlpost.config.schema import RolloutConfig, VllmConfig
 from rlpost.rollout.base import SamplingSettings
 
 pytest.importorskip("vllm")
@@ -21,18 +20,6 @@ GREEDY = SamplingSettings(max_new_tokens=12, greedy=True)
 TEACHER_FORCED = SamplingSettings(max_new_tokens=16, temperature=0.7, top_k=20, top_p=0.9, seed=5)
 
 
-@pytest.fixture(scope="module")
-def vllm_engine(model_path):
-    from rlpost.rollout import build_engine
-    from rlpost.rollout.vllm import VLLMEngine
-
-    config = RolloutConfig(engine="vllm", dtype="float32", vllm=VllmConfig(enforce_eager=True, kv_cache_space_gib=1))
-    engine = build_engine(config, model_path, seed=0)
-    assert isinstance(engine, VLLMEngine)
-    yield engine
-    engine.close()
-
-
 def test_groups_have_the_requested_structure(vllm_engine, prompts, tokenizer) -> None:
     sizes = [3, 1, 2]
     groups = vllm_engine.generate(prompts, sizes, SAMPLED)
@@ -42,9 +29,10 @@ def test_groups_have_the_requested_structure(vllm_engine, prompts, tokenizer) ->
 
 
 def test_logprobs_match_a_teacher_forced_hf_forward(vllm_engine, hf_engine, prompts) -> None:
-    """fp32 vLLM raw log-probs agree with an fp32 HF forward (measured ~4e-5)."""
+    """fp32 vLLM log-probs of the sampled distribution (after temperature, top-k, top-p) agree with
+    an fp32 HF forward through transformers' warpers (raw log-probs measured ~4e-5)."""
     groups = vllm_engine.generate(prompts, [2, 2, 2], TEACHER_FORCED)
-    assert max_logprob_error(hf_engine.model, groups) < 2e-4
+    assert max_logprob_error(hf_engine.model, groups, TEACHER_FORCED) < 2e-4
 
 
 def test_tiny_token_limit_finishes_with_length(vllm_engine, prompts, tokenizer) -> None:
