@@ -17,7 +17,8 @@ from rlpost.types import Group
 
 @dataclass
 class TrainBatch:
-    """One rollout batch: N sequences (all completions of all groups), tensors on the CPU."""
+    """One rollout batch: N sequences (all completions of all groups), tensors on the CPU; the learner
+    moves one micro-batch at a time to the model's device (`to`)."""
 
     input_ids: torch.Tensor
     """[N, S] long, prompt followed by response, right-padded."""
@@ -76,6 +77,17 @@ class TrainBatch:
                 picked[field.name] = value[rows]
         sub = TrainBatch(**picked)
         return sub._trimmed()
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        """This batch with every tensor on `device` (itself when they are all there already)."""
+        moved = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, dict):
+                moved[field.name] = {key: tensor.to(device) for key, tensor in value.items()}
+            else:
+                moved[field.name] = value.to(device)
+        return TrainBatch(**moved)
 
     def _trimmed(self) -> TrainBatch:
         seq_len = max(int(self.attention_mask.sum(dim=1).max().item()), 1) if self.size else 1

@@ -117,13 +117,30 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Sum a few numbers over all ranks (step normalisers must be global)."""
+def group_device() -> torch.device:
+    """Where the default group's collectives take their tensors: the current GPU under NCCL, else the
+    CPU (gloo, or a `cpu:gloo,cuda:nccl` group, whose CPU half serves CPU tensors)."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_reduce(values: list[float], op: dist.ReduceOp) -> list[float]:
     if world_size() == 1:
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor)
+    tensor = torch.tensor(values, dtype=torch.float64, device=group_device())
+    dist.all_reduce(tensor, op=op)
     return tensor.tolist()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum a few numbers over all ranks (step normalisers must be global)."""
+    return _all_reduce(values, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(values: list[float]) -> list[float]:
+    """Maximum of a few numbers over all ranks (counts every rank must match)."""
+    return _all_reduce(values, dist.ReduceOp.MAX)
 
 
 def all_gather_objects(value: Any) -> list[Any]:
@@ -136,19 +153,40 @@ def all_gather_objects(value: Any) -> list[Any]:
 
 
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """[N_r, T_r] on each rank -> [sum N_r, max T_r], ranks' rows in rank order, right-padded with 0."""
+    """[N_r, T_r] on each rank -> [sum N_r, max T_r], ranks' rows in rank order, right-padded with 0,
+    on `tensor`'s device (gathered on the group's)."""
     if world_size() == 1:
         return tensor
     shapes = all_gather_objects(tuple(tensor.shape))
     rows, width = max(n for n, _ in shapes), max(t for _, t in shapes)
-    padded = tensor.new_zeros((rows, width))
-    padded[: tensor.shape[0], : tensor.shape[1]] = tensor
+    padded = torch.zeros((rows, width), dtype=tensor.dtype, device=group_device())
+    padded[: tensor.shape[0], : tensor.shape[1]] = tensor.to(padded.device)
     parts = [torch.empty_like(padded) for _ in shapes]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, (n, _) in zip(parts, shapes, strict=True)])
+    return torch.cat([part[:n] for part, (n, _) in zip(parts, shapes, strict=True)]).to(tensor.device)
 
 
 def sum_over_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
     """Key-wise exact sum of every rank's metrics (a key missing on a rank counts 0)."""
     keys = list(dict.fromkeys(key for metrics in per_rank for key in metrics))
     return {key: math.fsum(metrics.get(key, 0.0) for metrics in per_rank) for key in keys}
+
+
+def step_metrics(shares: dict[str, float], global_values: dict[str, float]) -> dict[str, float]:
+    """One optimizer step's metrics, the same on every rank.
+
+    `shares`: this rank's additive part of each step value (losses, entropy, KL, clip fractions are
+    normalised by the all-reduced `StepScale`), summed over ranks. `global_values`: already the
+    same on every rank (gradient norm after the gradient all-reduce, learning rate, values computed
+    from every rank's data).
+    """
+    return {**sum_over_ranks(all_gather_objects(shares)), **global_values}
+
+
+def lr_scale_inputs(logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`Objective.lr_scale`'s inputs over every rank's sequences of the step.
+
+    VCPO scales the learning rate by the effective sample size of the whole step: from one rank's
+    rows alone, ranks would pick different learning rates and their weights would drift apart.
+    """
+    return {"logp": all_gather_rows(logp), "behaviour_logp": all_gather_rows(behaviour_logp), "mask": all_gather_rows(mask)}

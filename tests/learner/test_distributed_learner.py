@@ -116,7 +116,7 @@ def _vcpo(tiny_model_path: str) -> dict:
     batch = _batch()
     shard = batch.select(_shard(batch, rank))
     # The policy's log-probs before the step: what lr_scale sees inside train_step.
-    logp = learner._frozen_logprobs(learner.module, shard)
+    logp = learner.frozen_logprobs(learner.module, shard)
     metrics = _train_shard(learner, objective, rank)
     return {"metrics": metrics, "logp": logp, "behaviour_logp": shard.behaviour_logp, "mask": shard.response_mask,
             "trained": _weights(learner)}

@@ -61,7 +61,7 @@ def test_deepspeed_backend_matches_torch_backend(tiny_model_path):
 @pytest.mark.parametrize("release_memory", [True, False])
 def test_release_memory_trims_the_heap_after_each_optimizer_step(tiny_model_path, monkeypatch, release_memory):
     trims = []
-    monkeypatch.setattr("rlpost.learner.learner.release_free_heap", lambda: trims.append(1) or True)
+    monkeypatch.setattr("rlpost.learner.step.release_free_heap", lambda: trims.append(1) or True)
     config = _config(tiny_model_path, release_memory=release_memory)
     objective = get_objective("grpo")(config.objective, config.rollout.max_new_tokens)
     learner = Learner(config, config.model.path, objective, total_steps=2)

@@ -9,7 +9,8 @@ import torch
 
 from rlpost.config.schema import RLPostConfig
 from rlpost.learner.batch import build_train_batch, prepare_update
-from rlpost.learner.learner import Learner, hf_model
+from rlpost.learner.learner import Learner
+from rlpost.learner.policy import hf_model
 from rlpost.objectives.registry import get_objective
 from tests.conftest import make_groups
 
