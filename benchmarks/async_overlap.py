@@ -92,19 +92,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (sync, k=1, k=2) segments")
     args = parser.parse_args()
 
-    from rlpost.io.metrics import MetricsLogger
+    from rlpost.loop import TrainingRun
     from rlpost.models import resolve_model
-    from rlpost.runtime import RayTrainer
 
     args.model = resolve_model(args.model)
     output_dir = tempfile.mkdtemp(prefix="rlpost-async-bench-")
     config = build_config(args, output_dir)
-    trainer = RayTrainer(config)
+    trainer = TrainingRun(config)
     started = time.perf_counter()
     results: dict[int, list[dict[str, float]]] = {k: [] for k in MODES}
     try:
         trainer.start()
-        trainer.metrics_logger = MetricsLogger(Path(output_dir), config.logging, {}, 0)
         print(f"actors ready in {time.perf_counter() - started:.0f} s; workload: {args.prompts} prompts x {args.n} "
               f"x {args.max_new_tokens} tokens, {args.engine} engine, learner {args.mixed_precision}", flush=True)
         for round_index in range(args.rounds):

@@ -78,20 +78,15 @@ class RolloutWorker:
                 "engine": type(self.engine).__name__}
 
     def generate(self, unit) -> dict[str, Any]:
-        from rlpost.rollout.base import SamplingSettings
+        from rlpost.runtime.work import generate_unit
 
-        rollout = self.config.rollout
-        sampling = SamplingSettings(
-            max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
-            top_k=rollout.top_k, seed=unit.seed,
-        )
         started = time.perf_counter()
-        groups = self.engine.generate(unit.prompts, unit.n_per_prompt, sampling)
+        groups = generate_unit(self.engine, unit, self.config.rollout)
         return {"groups": groups, "version": self.version, "seconds": time.perf_counter() - started}
 
     def update_weights(self, handle, timeout_seconds: float) -> dict[str, float]:
         """Load the weights of `handle` (object-store transport)."""
-        from rlpost.runtime.transport import ObjectStoreTransport
+        from rlpost.runtime.sync_object_store import ObjectStoreTransport
 
         started = time.perf_counter()
         deadline = time.monotonic() + timeout_seconds
@@ -102,7 +97,7 @@ class RolloutWorker:
     # ---- broadcast transport
     def join_broadcast(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout: float, tag: str) -> None:
         from rlpost.learner.distributed import bind_gloo_to
-        from rlpost.runtime.transport import BroadcastGroup
+        from rlpost.runtime.sync_broadcast import BroadcastGroup
 
         if backend == "gloo":
             bind_gloo_to(resolve_bind_host(self.config.cluster.bind_host))
@@ -143,13 +138,11 @@ class RolloutWorker:
 
     # ---- evaluation
     def evaluate(self, prompts, max_new_tokens: int, num_reward_workers: int) -> dict[str, float]:
-        from rlpost.evaluation import EVAL_REWARDS, evaluate
-        from rlpost.rewards.manager import RewardManager
+        from rlpost.runtime.work import eval_rewards, evaluate_engine
 
         if self.eval_rewards is None:
-            self.eval_rewards = RewardManager(EVAL_REWARDS.model_copy(update={"num_workers": num_reward_workers}))
-        result = evaluate(self.engine, prompts, self.eval_rewards, max_new_tokens=max_new_tokens)
-        return {**result.metrics(), "eval/policy_version": float(self.version)}
+            self.eval_rewards = eval_rewards(num_reward_workers)
+        return evaluate_engine(self.engine, self.eval_rewards, prompts, max_new_tokens, self.version)
 
     def close(self) -> None:
         if self.eval_rewards is not None:
@@ -198,7 +191,6 @@ class LearnerRank:
         self.device = device
         self.bind_host = resolve_bind_host(bind_host)
         self.learner = None
-        self.objective = None
         self.broadcast = None
         self.meta = None
         # Rank 0 holds the listening sockets of the stores it will serve (bound to bind_host) from
@@ -216,23 +208,20 @@ class LearnerRank:
         self.rendezvous_listener = listening_socket(self.bind_host)
         return self.bind_host, self.rendezvous_listener.getsockname()[1]
 
-    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+    def setup(self, master_addr: str, master_port: int, needs_gradient_access: bool = False) -> dict[str, Any]:
         from rlpost.learner.distributed import join_process_group
-        from rlpost.learner.learner import Learner
-        from rlpost.objectives.registry import get_objective
-        from rlpost.runtime.correction import wrap_objective
+        from rlpost.runtime.work import build_learner
 
-        config = self.config
         if self.device == "cuda":
             import torch
 
             torch.cuda.set_device(0)  # Ray gives each rank one GPU (CUDA_VISIBLE_DEVICES)
         listener, self.rendezvous_listener = self.rendezvous_listener, None
         join_process_group(master_addr, master_port, self.rank, self.world_size, listener)
-        inner = get_objective(config.objective.name)(config.objective, config.rollout.max_new_tokens)
-        self.objective = wrap_objective(inner, config.cluster.is_mode(config.objective.name), config.cluster.is_cap)
         started = time.perf_counter()
-        self.learner = Learner(config, self.model_path, self.objective, total_steps=config.train.steps)
+        self.learner = build_learner(self.config, self.model_path)
+        if needs_gradient_access:
+            self.learner.check_gradient_access()
         return {"seconds": time.perf_counter() - started}
 
     def _zero3(self) -> bool:
@@ -249,32 +238,25 @@ class LearnerRank:
             for _ in self.learner.named_weights():
                 pass
 
-    def _wire_dtype(self):
-        from rlpost.runtime.transport import DTYPES
-
-        choice = self.config.cluster.sync_dtype
-        return DTYPES[self.config.rollout.dtype if choice == "auto" else choice]
-
-    def train(self, batch, targets, publish_version: int | None) -> dict[str, Any]:
+    def train(self, request, publish_version: int | None) -> dict[str, Any]:
         """One optimizer step on this rank's shard; then (object-store transport) publish the new weights."""
-        started = time.perf_counter()
-        from rlpost.learner.distributed import all_gather_objects
+        from rlpost.runtime.work import run_learner_request
 
-        metrics = self.learner.train_step(batch, targets)  # already reduced over the ranks
-        # Every rank's importance-weight accumulators (`correction.combine_stats` turns them into metrics).
-        is_stats = all_gather_objects(self.objective.take_stats()) if hasattr(self.objective, "take_stats") else None
+        started = time.perf_counter()
+        result = run_learner_request(self.learner, request)
         train_seconds = time.perf_counter() - started
         handle = self.publish(publish_version) if publish_version is not None else None
-        return {"metrics": metrics, "is_stats": is_stats, "seconds": train_seconds, "handle": handle}
+        return {"result": result, "seconds": train_seconds, "handle": handle}
 
     def publish(self, version: int):
         """Object-store transport: export the weights; rank 0 returns the handle."""
         if not self._exporting():
             return None
-        from rlpost.runtime.transport import ObjectStoreTransport
+        from rlpost.runtime.sync_object_store import ObjectStoreTransport
+        from rlpost.runtime.transport import wire_dtype
 
         handle = ObjectStoreTransport.publish(
-            self._weights(), version, self._wire_dtype(), self.config.cluster.sync_bucket_mb * 2**20
+            self._weights(), version, wire_dtype(self.config), self.config.cluster.sync_bucket_mb * 2**20
         )
         return handle if self.rank == 0 else None
 
@@ -292,7 +274,7 @@ class LearnerRank:
         """Rank 0 joins as the root of the weight group; other ranks have nothing to join."""
         if self.rank != 0:
             return
-        from rlpost.runtime.transport import BroadcastGroup
+        from rlpost.runtime.sync_broadcast import BroadcastGroup
 
         self.leave_broadcast()
         listener, self.broadcast_listener = self.broadcast_listener, None
@@ -304,10 +286,10 @@ class LearnerRank:
             self.broadcast = None
 
     def weight_meta(self):
-        from rlpost.runtime.transport import weight_meta
+        from rlpost.runtime.transport import weight_meta, wire_dtype
 
         if self.meta is None:
-            meta = weight_meta(self._weights(), self._wire_dtype())
+            meta = weight_meta(self._weights(), wire_dtype(self.config))
             self.meta = meta if self.rank == 0 else []
         return self.meta if self.rank == 0 else None
 
@@ -316,7 +298,9 @@ class LearnerRank:
         if self.rank == 0:
             if self.broadcast is None:
                 raise RuntimeError("learner rank 0 has no broadcast group")
-            count, nbytes = self.broadcast.send(self._weights(), self._wire_dtype())
+            from rlpost.runtime.transport import wire_dtype
+
+            count, nbytes = self.broadcast.send(self._weights(), wire_dtype(self.config))
         else:
             for _ in self._weights():
                 pass
@@ -324,20 +308,28 @@ class LearnerRank:
         return {"tensors": count, "bytes": nbytes, "seconds": time.perf_counter() - started}
 
     # ---- checkpoints and export
-    def save_state(self, folder: str) -> None:
+    def save_state(self, folder: str, with_reference: bool) -> None:
         """Rank 0 writes (all ranks under ZeRO >= 1, whose DeepSpeed checkpoint is per rank)."""
+        from rlpost.runtime.work import REFERENCE_FILE
+
         zero = self.config.learner.backend == "deepspeed" and self.config.learner.zero_stage > 0
         if self.rank == 0 or zero:
-            self.learner.save_state(Path(folder))
+            self.learner.save_state(Path(folder) / "learner")
+        if self.rank == 0 and with_reference and self.learner.reference is not None:
+            self.learner.save_reference(Path(folder) / REFERENCE_FILE)
 
     def load_state(self, folder: str) -> None:
-        self.learner.load_state(Path(folder))
+        from rlpost.runtime.work import REFERENCE_FILE
+
+        self.learner.load_state(Path(folder) / "learner")
+        if (Path(folder) / REFERENCE_FILE).is_file():
+            self.learner.load_reference(Path(folder) / REFERENCE_FILE)
 
     def objective_state(self) -> dict:
-        return self.objective.state_dict()
+        return self.learner.objective.state_dict()
 
     def load_objective_state(self, state: dict) -> None:
-        self.objective.load_state_dict(state)
+        self.learner.objective.load_state_dict(state)
 
     def steps_taken(self) -> int:
         return self.learner.steps_taken

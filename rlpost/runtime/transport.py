@@ -1,14 +1,16 @@
-"""Weight sync transports: how the learner's weights reach every rollout engine.
+"""Weight sync: how the learner's weights reach every rollout engine, behind one interface.
 
-Both move (Hugging Face name, tensor) pairs, one tensor at a time on the learner side (ZeRO-3
+`WeightSync` is what the Ray executor calls; each transport is one file:
+`sync_object_store.py` (`cluster.sync_transport: object_store`) and `sync_broadcast.py` (`nccl`).
+This module holds what they share. Both transports move (Hugging Face name, tensor) pairs, one tensor at a time on the learner side (ZeRO-3
 parameters are gathered layer by layer by `Learner.named_weights`), and hand the engine an
 iterator for its `update_weights(named_tensors, version)`.
 
-- `ObjectStoreTransport` (CPU and anywhere): learner rank 0 casts each tensor to the wire dtype and
+- object store (CPU and anywhere): learner rank 0 casts each tensor to the wire dtype and
   packs them into objects of at most `bucket_bytes`, put into Ray's object store; the handle lists
   the object refs; each engine fetches the buckets one by one. One copy per version however many
   engines; engines synced at different times (async mode) read the same objects.
-- `BroadcastGroup` (`cluster.sync_transport: nccl`): a torch.distributed process group of learner
+- broadcast (`cluster.sync_transport: nccl`): a torch.distributed process group of learner
   rank 0 (root) and every engine, separate from the learner's own group, built directly on a
   TCPStore so that it coexists with the learner's default group and the engines' own groups.
   Rank 0 broadcasts each tensor; engines receive into fresh tensors. NCCL on GPUs (untested on
@@ -20,16 +22,19 @@ Every receive has a deadline: a stuck sync raises `WeightSyncError` (the runtime
 
 from __future__ import annotations
 
-import datetime
-import socket
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def wire_dtype(config: Any) -> torch.dtype:
+    """The dtype weights travel in: `cluster.sync_dtype`, or the engines' `rollout.dtype` for `auto`."""
+    choice = config.cluster.sync_dtype
+    return DTYPES[config.rollout.dtype if choice == "auto" else choice]
 
 
 class WeightSyncError(RuntimeError):
@@ -58,55 +63,6 @@ def wire_tensor(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor
     return out.to("cpu").contiguous()
 
 
-class ObjectStoreTransport:
-    """Learner side: `publish`; engine side: `receive` (both need a connected Ray worker)."""
-
-    name = "object_store"
-
-    @staticmethod
-    def publish(named_tensors: Iterable[tuple[str, torch.Tensor]], version: int, dtype: torch.dtype | None, bucket_bytes: int) -> WeightHandle:
-        import ray
-
-        started = time.perf_counter()
-        handle = WeightHandle(version=version, transport=ObjectStoreTransport.name)
-        bucket: dict[str, torch.Tensor] = {}
-        size = 0
-        for name, tensor in named_tensors:
-            out = wire_tensor(tensor, dtype)
-            nbytes = out.numel() * out.element_size()
-            if bucket and size + nbytes > bucket_bytes:
-                handle.refs.append(ray.put(bucket))
-                bucket, size = {}, 0
-            if out.data_ptr() == tensor.data_ptr() and out.untyped_storage().nbytes() != nbytes:
-                out = out.clone()  # a view of a bigger storage would ship the whole storage
-            bucket[name] = out
-            size += nbytes
-            handle.num_tensors += 1
-            handle.nbytes += nbytes
-        if bucket:
-            handle.refs.append(ray.put(bucket))
-        handle.seconds = time.perf_counter() - started
-        return handle
-
-    @staticmethod
-    def receive(handle: WeightHandle, deadline: float) -> Iterator[tuple[str, torch.Tensor]]:
-        """The tensors of `handle`, bucket by bucket; raises `WeightSyncError` past `deadline` (time.monotonic)."""
-        import ray
-        from ray.exceptions import GetTimeoutError
-
-        for index, ref in enumerate(handle.refs):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WeightSyncError(f"timed out fetching weight bucket {index + 1}/{len(handle.refs)} of version {handle.version}")
-            try:
-                bucket = ray.get(ref, timeout=remaining)
-            except GetTimeoutError:
-                raise WeightSyncError(
-                    f"timed out fetching weight bucket {index + 1}/{len(handle.refs)} of version {handle.version}"
-                ) from None
-            yield from bucket.items()
-
-
 def weights_checksum(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
     """Sum of |w| over the tensors in their order (fp64): compares what a learner sent and an engine received."""
     total = 0.0
@@ -130,70 +86,41 @@ def weight_meta(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.
     ]
 
 
-def _dtype_of(name: str) -> torch.dtype:
-    return getattr(torch, name.removeprefix("torch."))
 
 
-class BroadcastGroup:
-    """A process group of rank 0 (learner rank 0, the root) and the engines (ranks 1..W)."""
+class WeightSync:
+    """The executor's side of a transport: publish after an optimizer step, bring engines up to date.
 
-    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_seconds: float, tag: str,
-                 listener: socket.socket | None = None):
-        """Join the group whose store is at host:port; the root (rank 0) serves it on `listener`."""
-        import torch.distributed as dist
+    `executor` is the `RayExecutor`: its learner `ranks`, rollout `workers` (slots with a `version`),
+    `published_version` and `cluster` settings.
+    """
 
-        from rlpost.learner.distributed import rendezvous_store
+    name = ""
 
-        self.rank = rank
-        self.world_size = world_size
-        self.backend = backend
-        self.timeout = datetime.timedelta(seconds=timeout_seconds)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        store = rendezvous_store(host, port, rank, world_size, listener, self.timeout)
-        prefixed = dist.PrefixStore(f"rlpost-weights-{tag}", store)
-        if backend == "gloo":
-            self.group = dist.ProcessGroupGloo(prefixed, rank, world_size, self.timeout)
-        elif backend == "nccl":  # GPU only: not tested on this machine
-            options = dist.ProcessGroupNCCL.Options()
-            options._timeout = self.timeout
-            self.group = dist.ProcessGroupNCCL(prefixed, rank, world_size, options)
-        else:
-            raise ValueError(f"unknown broadcast backend {backend!r}")
-        self._store = store  # the master's store must outlive the group
+    def __init__(self, executor: Any):
+        self.executor = executor
 
-    def _broadcast(self, tensor: torch.Tensor) -> None:
-        import torch.distributed as dist
+    def start(self) -> None:
+        """After the actors started: anything the transport sets up once."""
 
-        options = dist.BroadcastOptions()
-        options.rootRank = 0
-        options.timeout = self.timeout
-        work = self.group.broadcast([tensor], options)
-        try:
-            work.wait(self.timeout)
-        except RuntimeError as exc:
-            raise WeightSyncError(f"weight broadcast failed on group rank {self.rank}: {exc}") from exc
+    def publish_with_step(self, version: int) -> int | None:
+        """The version learner rank 0 publishes at the end of the optimizer step, or None."""
+        del version
+        return None
 
-    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None) -> tuple[int, int]:
-        """Root: broadcast every tensor in order; returns (tensors, bytes)."""
-        count = nbytes = 0
-        for _, tensor in named_tensors:
-            out = wire_tensor(tensor, dtype).to(self.device)
-            self._broadcast(out)
-            count += 1
-            nbytes += out.numel() * out.element_size()
-        return count, nbytes
+    def on_trained(self, outputs: list[dict[str, Any]]) -> float:
+        """The ranks' step outputs arrived; seconds the learner spent publishing."""
+        del outputs
+        return 0.0
 
-    def receive(self, meta: list[TensorMeta]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Engines: the broadcast tensors, in `meta` order (allocated on this group's device)."""
-        for item in meta:
-            tensor = torch.empty(item.shape, dtype=_dtype_of(item.dtype), device=self.device)
-            self._broadcast(tensor)
-            yield item.name, tensor
+    def on_resume(self, version: int) -> None:
+        """A checkpoint was loaded into the learner: make its weights the published `version`."""
+        del version
 
-    def close(self) -> None:
-        group, self.group = getattr(self, "group", None), None
-        if group is not None and hasattr(group, "shutdown"):
-            try:
-                group.shutdown()
-            except RuntimeError:
-                pass
+    def blocks_training(self) -> bool:
+        """Whether the next optimizer step must wait (rank 0 has a sync to serve first)."""
+        return False
+
+    def schedule(self) -> None:
+        """Start syncs of engines behind `executor.published_version` (called every turn)."""
+        raise NotImplementedError

@@ -13,7 +13,7 @@ from rlpost.blending import build_controller
 from rlpost.config import load_config
 from rlpost.io.checkpoint import latest_checkpoint
 from rlpost.io.metrics import read_metrics
-from rlpost.trainer import Trainer
+from rlpost.loop import TrainingRun
 from tests.e2e.test_trainer import TINY_RUN as TRAINER_TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ RESUME = {
 
 def _train(tmp_path: Path, run: str, name: str, *overrides: str) -> list[dict]:
     config = load_config(CONFIGS / f"{name}.yaml", [*TINY_RUN, *SHORT[name], f"train.output_dir={tmp_path / run}", *overrides])
-    Trainer(config).fit()
+    TrainingRun(config).fit()
     return read_metrics(tmp_path / run)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from rlpost.config import load_config
 from rlpost.io.metrics import read_metrics
-from rlpost.trainer import Trainer
+from rlpost.loop import TrainingRun
 from tests.e2e.test_trainer import TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ def _run(tmp_path, fused: bool) -> list[dict]:
         [*TINY_RUN, "rollout.engine=hf", "train.steps=3", "learner.mixed_precision=no", "checkpoint.every_steps=0",
          f"learner.fused_logprobs={str(fused).lower()}", "learner.logprob_chunk_size=7", f"train.output_dir={folder}"],
     )
-    Trainer(config).fit()
+    TrainingRun(config).fit()
     return read_metrics(folder)
 
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from rlpost.config import load_config
 from rlpost.io.checkpoint import latest_checkpoint
 from rlpost.io.metrics import read_metrics
-from rlpost.trainer import Trainer
+from rlpost.loop import TrainingRun
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ TINY_RUN = [
 
 def _train(tmp_path, name: str, *overrides: str) -> list[dict]:
     config = load_config(None, [*TINY_RUN, f"train.output_dir={tmp_path / name}", *overrides])
-    Trainer(config).fit()
+    TrainingRun(config).fit()
     return read_metrics(tmp_path / name)
 
 

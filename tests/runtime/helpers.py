@@ -153,12 +153,13 @@ class TransportPeer:
     """An actor on either end of a weight transport."""
 
     def publish(self, tensors: dict[str, torch.Tensor], version: int, dtype: str | None, bucket_bytes: int):
-        from rlpost.runtime.transport import DTYPES, ObjectStoreTransport
+        from rlpost.runtime.sync_object_store import ObjectStoreTransport
+        from rlpost.runtime.transport import DTYPES
 
         return ObjectStoreTransport.publish(tensors.items(), version, DTYPES[dtype] if dtype else None, bucket_bytes)
 
     def receive(self, handle, timeout: float) -> dict[str, torch.Tensor]:
-        from rlpost.runtime.transport import ObjectStoreTransport
+        from rlpost.runtime.sync_object_store import ObjectStoreTransport
 
         return {name: tensor.clone() for name, tensor in ObjectStoreTransport.receive(handle, time.monotonic() + timeout)}
 
@@ -170,7 +171,7 @@ class TransportPeer:
         return self.listener.getsockname()[1]
 
     def join(self, host: str, port: int, rank: int, world: int, timeout: float) -> None:
-        from rlpost.runtime.transport import BroadcastGroup
+        from rlpost.runtime.sync_broadcast import BroadcastGroup
 
         listener = self.listener if rank == 0 else None
         self.group = BroadcastGroup(host, port, rank, world, "gloo", timeout, "test", listener=listener)

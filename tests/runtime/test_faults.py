@@ -14,7 +14,8 @@ pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
 from rlpost.io.metrics import read_metrics
-from rlpost.runtime import RayTrainer, RuntimeHooks, WeightSyncError
+from rlpost.loop import RunHooks, TrainingRun
+from rlpost.runtime import WeightSyncError
 from tests.runtime.helpers import SlowEngineFactory, StuckSyncFactory, runtime_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.deepspeed]
@@ -24,7 +25,7 @@ STEPS = 3
 SLOW_SECONDS = 2.0
 
 
-class KillSlowWorkerOnce(RuntimeHooks):
+class KillSlowWorkerOnce(RunHooks):
     """SIGKILLs worker 0 half a second into its first request (it sleeps SLOW_SECONDS before generating),
     and records the policy versions of every batch the learner trains on."""
 
@@ -33,19 +34,19 @@ class KillSlowWorkerOnce(RuntimeHooks):
         self.killed_pid: int | None = None
         self.trained: list[tuple[int, list[int]]] = []
 
-    def on_dispatch(self, trainer: RayTrainer, worker: int, unit) -> None:
+    def on_dispatch(self, executor, worker: int, unit) -> None:
         if worker != 0 or unit.kind != "train":
             return
         self.dispatches += 1
         if self.dispatches == 1 and self.killed_pid is None:
-            self.killed_pid = trainer.workers[0].info["pid"]
+            self.killed_pid = executor.workers[0].info["pid"]
             threading.Timer(0.5, os.kill, args=(self.killed_pid, signal.SIGKILL)).start()
 
-    def on_train_start(self, trainer: RayTrainer, step: int) -> None:
+    def on_train_start(self, trainer: TrainingRun, step: int) -> None:
         self.trained.append((step, trainer.training.batch.policy_version.tolist()))
 
-    def on_step(self, trainer: RayTrainer, step: int, metrics: dict[str, float]) -> None:
-        self.workers = [(slot.alive, slot.info["pid"], slot.restarts) for slot in trainer.workers]
+    def on_step(self, trainer: TrainingRun, step: int, metrics: dict[str, float]) -> None:
+        self.workers = [(slot.alive, slot.info["pid"], slot.restarts) for slot in trainer.executor.workers]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def faulty_run(model_path, tmp_path_factory):
         "eval.at_start=true", "eval.every_steps=2",
     )
     hooks = KillSlowWorkerOnce()
-    trainer = RayTrainer(config, engine_factory=SlowEngineFactory({0: SLOW_SECONDS}), hooks=hooks)
+    trainer = TrainingRun(config, engine_factory=SlowEngineFactory({0: SLOW_SECONDS}), hooks=hooks)
     summary = trainer.fit()
     shutil.rmtree(output_dir / "checkpoints")  # 1.6 GB; only the metrics are checked
     return hooks, summary, read_metrics(output_dir)
@@ -105,7 +106,7 @@ def test_stuck_weight_sync_fails_with_an_error_naming_the_engine(model_path, tmp
     # Colocated placement (one bundle holding the learner rank and the worker) trains the first step.
     config = runtime_config(model_path, tmp_path, "rollout.engine=hf", "train.steps=2", "cluster.sync_timeout_seconds=3",
                             "cluster.placement=colocated")
-    trainer = RayTrainer(config, engine_factory=StuckSyncFactory(stuck=0, seconds=30))
+    trainer = TrainingRun(config, engine_factory=StuckSyncFactory(stuck=0, seconds=30))
     with pytest.raises(WeightSyncError, match=r"version 1 to rollout worker 0 \(HFEngine, pid \d+"):
         trainer.fit()
     assert [r["step"] for r in read_metrics(tmp_path)] == [1]

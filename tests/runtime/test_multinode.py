@@ -17,7 +17,8 @@ from ray.cluster_utils import Cluster
 
 from rlpost.io.checkpoint import complete_checkpoints
 from rlpost.io.metrics import read_metrics
-from rlpost.runtime import LearnerCrashed, RayTrainer, RuntimeHooks
+from rlpost.loop import RunHooks, TrainingRun
+from rlpost.runtime import LearnerCrashed
 from tests.runtime.helpers import runtime_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.deepspeed]
@@ -36,20 +37,20 @@ def two_nodes():
     cluster.shutdown()
 
 
-class Recorder(RuntimeHooks):
+class Recorder(RunHooks):
     def __init__(self, kill_at_step: int | None = None) -> None:
         self.kill_at_step = kill_at_step
         self.nodes: dict[str, set[str]] = {}
 
-    def on_start(self, trainer: RayTrainer) -> None:
+    def on_start(self, trainer: TrainingRun) -> None:
         self.nodes = {
-            "learner": {info["node_id"] for info in trainer.rank_info},
-            "rollout": {slot.info["node_id"] for slot in trainer.workers},
+            "learner": {info["node_id"] for info in trainer.executor.rank_info},
+            "rollout": {slot.info["node_id"] for slot in trainer.executor.workers},
         }
 
-    def on_train_start(self, trainer: RayTrainer, step: int) -> None:
+    def on_train_start(self, trainer: TrainingRun, step: int) -> None:
         if step == self.kill_at_step:
-            os.kill(trainer.rank_info[0]["pid"], signal.SIGKILL)
+            os.kill(trainer.executor.rank_info[0]["pid"], signal.SIGKILL)
 
 
 def _config(cluster, model_path, output_dir, *overrides):
@@ -66,12 +67,12 @@ def test_learner_and_rollout_on_separate_nodes_train_and_resume_after_a_learner_
 
     crashed = Recorder(kill_at_step=2)
     with pytest.raises(LearnerCrashed, match="ckpt-00000002"):
-        RayTrainer(_config(two_nodes, model_path, tmp_path), hooks=crashed).fit()
+        TrainingRun(_config(two_nodes, model_path, tmp_path), hooks=crashed).fit()
     assert crashed.nodes == {"learner": {head}, "rollout": {worker}}
     assert [folder.name for folder in complete_checkpoints(tmp_path / "checkpoints")] == ["ckpt-00000001", "ckpt-00000002"]
 
     resumed = Recorder()
-    trainer = RayTrainer(_config(two_nodes, model_path, tmp_path, "train.resume=auto"), hooks=resumed)
+    trainer = TrainingRun(_config(two_nodes, model_path, tmp_path, "train.resume=auto"), hooks=resumed)
     trainer.fit()
     assert trainer.start_step == 2
     assert resumed.nodes == {"learner": {head}, "rollout": {worker}}

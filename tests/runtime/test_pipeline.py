@@ -13,7 +13,7 @@ pytest.importorskip("vllm")
 pytest.importorskip("deepspeed")
 
 from rlpost.io.metrics import read_metrics
-from rlpost.runtime import RayTrainer, RuntimeHooks
+from rlpost.loop import RunHooks, TrainingRun
 from tests.listening import listening_addresses, non_loopback
 from tests.runtime.helpers import runtime_config
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm, pytest.mark.d
 PROBE_SEED = 1234
 
 
-class Probe(RuntimeHooks):
+class Probe(RunHooks):
     """Generates the same prompt with the same seed on worker 0 whenever a step starts training.
 
     Identical weights give identical samples and log-probs; anything else means new weights arrived.
@@ -35,16 +35,16 @@ class Probe(RuntimeHooks):
         self.rank_checksums: list[float] = []
         self.listening: set[str] = set()
 
-    def on_train_start(self, trainer: RayTrainer, step: int) -> None:
-        groups, version = trainer.probe(0, trainer.train_prompts[:1], n=1, seed=PROBE_SEED)
+    def on_train_start(self, trainer: TrainingRun, step: int) -> None:
+        groups, version = trainer.executor.probe(0, trainer.train_prompts[:1], n=1, seed=PROBE_SEED)
         completion = groups[0].completions[0]
         self.samples.append((version, completion.token_ids, completion.logprobs))
 
-    def on_step(self, trainer: RayTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_step(self, trainer: TrainingRun, step: int, metrics: dict[str, float]) -> None:
         import ray
 
         if step == trainer.total_steps:
-            self.rank_checksums = ray.get([rank.weights_checksum.remote() for rank in trainer.ranks])
+            self.rank_checksums = ray.get([rank.weights_checksum.remote() for rank in trainer.executor.ranks])
             self.listening = listening_addresses(os.getpid())
 
 
@@ -53,7 +53,7 @@ def _run(model_path, output_dir, *overrides):
         model_path, output_dir, "rollout.engine=vllm", "cluster.learner_ranks=2", "cluster.is_cap=5", *overrides
     )
     probe = Probe()
-    trainer = RayTrainer(config, hooks=probe)
+    trainer = TrainingRun(config, hooks=probe)
     summary = trainer.fit()
     shutil.rmtree(output_dir / "checkpoints")  # 1.6 GB each (fp32 weights + Adam); only the metrics are checked
     return probe, summary, read_metrics(output_dir)

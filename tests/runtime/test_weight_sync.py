@@ -14,7 +14,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
-from rlpost.runtime import RayTrainer, RuntimeHooks
+from rlpost.loop import RunHooks, TrainingRun
 from tests.runtime.helpers import RecordingEngineFactory, runtime_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.deepspeed]
@@ -35,7 +35,7 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
-class Probe(RuntimeHooks):
+class Probe(RunHooks):
     """Samples one prompt with a fixed seed on worker 0 at each train start; records the learner's
     weight checksums after each step."""
 
@@ -43,14 +43,14 @@ class Probe(RuntimeHooks):
         self.samples: list[tuple[int, list[int], list[float]]] = []
         self.learner_checksums: dict[int, list[float]] = {}
 
-    def on_train_start(self, trainer: RayTrainer, step: int) -> None:
-        groups, version = trainer.probe(0, trainer.train_prompts[:1], n=1, seed=PROBE_SEED)
+    def on_train_start(self, trainer: TrainingRun, step: int) -> None:
+        groups, version = trainer.executor.probe(0, trainer.train_prompts[:1], n=1, seed=PROBE_SEED)
         completion = groups[0].completions[0]
         self.samples.append((version, completion.token_ids, completion.logprobs))
 
-    def on_step(self, trainer: RayTrainer, step: int, metrics: dict[str, float]) -> None:
+    def on_step(self, trainer: TrainingRun, step: int, metrics: dict[str, float]) -> None:
         # Every rank takes part (ZeRO-3 gathers are collective); each returns the full model's checksum.
-        self.learner_checksums[step] = ray.get([rank.weights_checksum.remote() for rank in trainer.ranks])
+        self.learner_checksums[step] = ray.get([rank.weights_checksum.remote() for rank in trainer.executor.ranks])
 
 
 def _train(model_path: str, output_dir, *overrides: str) -> tuple[Probe, RecordingEngineFactory]:
@@ -58,7 +58,7 @@ def _train(model_path: str, output_dir, *overrides: str) -> tuple[Probe, Recordi
         model_path, output_dir, "rollout.engine=hf", f"train.steps={STEPS}", "optimizer.lr=1e-2", *overrides
     )
     probe, engines = Probe(), RecordingEngineFactory(output_dir)
-    RayTrainer(config, engine_factory=engines, hooks=probe).fit()
+    TrainingRun(config, engine_factory=engines, hooks=probe).fit()
     return probe, engines
 
 
