@@ -40,7 +40,6 @@ More can be registered by name with `@register_reward("name")`; a new built-in i
 from rlpost.rewards.binding import SIGNATURE, bind_reward
 from rlpost.rewards.builtin import boxed_format_reward, math_verify_reward
 from rlpost.rewards.errors import RewardFunctionError, RewardWorkerError
-from rlpost.rewards.manager import RewardManager
 from rlpost.rewards.registry import REWARDS, get_reward_fn, register_reward, reward_names
 from rlpost.rewards.worker import FAILURE_KINDS
 
@@ -58,3 +57,13 @@ __all__ = [
     "register_reward",
     "reward_names",
 ]
+
+
+def __getattr__(name: str):
+    # The manager needs the whole config schema (and what it imports); reward worker processes import
+    # this package to reach `rlpost.rewards.worker` and should start without it.
+    if name == "RewardManager":
+        from rlpost.rewards.manager import RewardManager
+
+        return RewardManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -277,3 +279,10 @@ def test_registered_function_must_be_importable_by_workers():
     register_reward("test_local_reward")(local_reward)
     with pytest.raises(RewardFunctionError, match="cannot be sent to worker processes"):
         RewardManager(RewardConfig(functions=[RewardFunctionConfig(name="test_local_reward")]))
+
+
+def test_a_reward_worker_starts_without_the_config_schema_or_torch():
+    """Worker processes import `rlpost.rewards.worker`; the manager's imports (the whole schema) stay out."""
+    probe = "import sys; from rlpost.rewards.worker import main; print(sorted({'torch', 'rlpost.config'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
