@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from rlpost.config.base import Section
 from rlpost.config.loader import load_config
-from rlpost.config.objective import ObjectiveConfig, ObjectiveKnobs
+from rlpost.config.objective import ObjectiveConfig, ObjectiveKnobs, check_method_defaults
 from rlpost.objectives.base import Objective
 from rlpost.objectives.registry import CAPABILITIES, OBJECTIVES, get_objective, has_capability, objective_names
+from rlpost.registry import Registry
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 METHODS = objective_names()
@@ -93,3 +95,17 @@ def test_schema_complete_whichever_objective_module_is_imported_first():
     code = "import rlpost.objectives.dapo\nfrom rlpost.config.objective import ObjectiveConfig\nprint(ObjectiveConfig(name='dapo').dapo.max_gen_batches)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "10"
+
+
+def test_registry_refuses_an_unknown_capability_flag():
+    registry = Registry("objective", capabilities=CAPABILITIES)
+    with pytest.raises(ValueError, match="'typo': unknown capabilities corrects_offpolicy; known: corrects_off_policy, own_gradient_path"):
+        registry.register("typo", corrects_offpolicy=True)
+    registry.register("fine", corrects_off_policy=True)(object)
+    assert registry.entry("fine").capabilities == {"corrects_off_policy": True}
+
+
+def test_method_defaults_of_unknown_knobs_are_refused():
+    # Against a section without the shared knobs, bnpo's four defaults name nothing that exists.
+    with pytest.raises(TypeError, match="objective 'bnpo' sets defaults of unknown shared knobs: clip_c, clip_high, clip_low, loss_agg"):
+        check_method_defaults(Section)
