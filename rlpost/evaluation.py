@@ -54,6 +54,8 @@ def evaluate(
     seed: int = 0,
 ) -> EvalResult:
     """Greedy when `samples == 1`, else `samples` draws at `temperature` per problem."""
+    if samples < 1:
+        raise ValueError(f"evaluate: samples = {samples}; at least 1 sample per problem is needed")
     sampling = SamplingSettings(
         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, greedy=samples == 1
     )

@@ -101,7 +101,7 @@ def check_cluster(config: RLPostConfig) -> None:
     if cluster.address not in (None, "auto"):
         host, _, port = cluster.address.rpartition(":")
         if not host or not port.isdigit():
-            raise ConfigError(f"cluster.address = {cluster.address!r}: expected `auto` or host:port of the Ray head")
+            raise ConfigError(f"cluster.address = {cluster.address!r}: expected 'auto' or host:port of the Ray head")
     if cluster.device == "cuda" and cluster.runtime == "ray" and cluster.address is None:
         import torch
 

@@ -88,6 +88,27 @@ def test_tracker_not_installed_is_named_before_anything_loads(tiny_chat_model_pa
         preflight(config(tmp_path, "/never/loaded", "logging.wandb_project=demo"))
 
 
+@pytest.mark.parametrize(
+    ("package", "overrides", "setting"),
+    [
+        ("vllm", ["rollout.engine=vllm"], "rollout.engine = vllm"),
+        ("deepspeed", ["learner.backend=deepspeed"], "learner.backend = deepspeed"),
+        ("ray", ["cluster.runtime=ray"], "cluster.runtime = ray"),
+    ],
+)
+def test_missing_extra_is_named(package: str, overrides: list[str], setting: str, tmp_path: Path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=rf"{setting} needs {package}, which is not installed: pip install"):
+        preflight(config(tmp_path, "/never/loaded", *overrides))
+
+
+def test_cuda_device_without_a_gpu(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="cluster.device = cuda, but this machine has no usable CUDA GPU"):
+        preflight(config(tmp_path, "/never/loaded", "cluster.runtime=ray", "cluster.device=cuda"))
+
+
 def test_reward_that_cannot_take_the_rows_fields_is_an_error(tiny_chat_model_path: str, data_file: Path, tmp_path: Path):
     (tmp_path / "rewards.py").write_text(REWARDS)
     spec = f"{tmp_path / 'rewards.py'}:needs_difficulty"
@@ -126,7 +147,7 @@ def test_new_run_in_a_used_folder_is_refused_and_its_files_kept(tiny_chat_model_
 
 
 def test_cluster_address_and_output_dir_that_is_a_file(tiny_chat_model_path: str, tmp_path: Path):
-    with pytest.raises(ConfigError, match="cluster.address = 'head-node': expected `auto` or host:port"):
+    with pytest.raises(ConfigError, match="cluster.address = 'head-node': expected 'auto' or host:port"):
         preflight(config(tmp_path, tiny_chat_model_path, "cluster.address=head-node"))
     (tmp_path / "file").write_text("mine")
     with pytest.raises(ConfigError, match=rf"train.output_dir = {tmp_path / 'file'} is a file, not a folder"):
