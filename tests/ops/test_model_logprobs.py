@@ -171,3 +171,44 @@ def test_bf16_autocast_close_to_fp32():
     # both paths run the same bf16 body; they differ only in the head's rounding (see test_logprobs)
     spread = float((plain - exact).detach().abs().max())
     assert float((fused - plain).detach().abs().max()) <= 2 * spread + 1e-3
+
+
+def _truncated_reference(model, input_ids, attention_mask, response_index, response_mask, sampling):
+    """Full logits through transformers' Temperature/TopK/TopP warpers (the engines' rule), the
+    scored token always kept (rlpost's documented choice for off-policy tokens); log-prob and
+    entropy of the renormalised kept set, differentiable with the kept set held fixed."""
+    from transformers import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
+
+    temperature, top_p, top_k = sampling
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float() / temperature
+    predictor = (response_index - 1).clamp(min=0)
+    rows = torch.arange(input_ids.shape[0]).unsqueeze(1)
+    z = logits[rows, predictor]  # [B, T, V]
+    targets = input_ids.gather(1, response_index)
+    warped = LogitsProcessorList([TopKLogitsWarper(top_k), TopPLogitsWarper(top_p)])(None, z.detach().flatten(0, 1))
+    keep = torch.isfinite(warped).view(z.shape).scatter(-1, targets.unsqueeze(-1), True)
+    log_probs = torch.log_softmax(z.masked_fill(~keep, -torch.inf), dim=-1)
+    logp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs.masked_fill(~keep, 0.0)).sum(-1)
+    mask = response_mask.bool()
+    return torch.where(mask, logp, torch.zeros(())), torch.where(mask, entropy, torch.zeros(()))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+def test_top_p_top_k_match_transformers_warpers(tied, fused):
+    """The learner's log-probs under top-k/top-p: what the engines sample from, with gradients."""
+    model = _tiny_llama(tied)
+    batch = _batch()
+    sampling = (0.7, 0.8, 20)
+    want_logp, want_entropy = _truncated_reference(model, *batch, sampling)
+    want_grads = _loss_and_grads(model, want_logp, want_entropy, batch[3])
+    logp, entropy = model_token_logprobs(
+        model, *batch, temperature=0.7, top_p=0.8, top_k=20, fused=fused, chunk_size=5, compute_entropy=True
+    )
+    got_grads = _loss_and_grads(model, logp, entropy, batch[3])
+    torch.testing.assert_close(logp, want_logp.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy, want_entropy.detach(), rtol=1e-5, atol=1e-5)
+    _assert_close_grads(got_grads, want_grads)
+    untruncated, _ = model_token_logprobs(model, *batch, temperature=0.7, fused=fused)
+    assert (logp.detach() > untruncated.detach() + 1e-3).any(), "the warps must drop probability mass"
