@@ -122,7 +122,7 @@ def _eval_prompts(args: argparse.Namespace, model_path: str) -> list:
     from rlpost.config import load_config
     from rlpost.config.schema import DataConfig
     from rlpost.data import build_prompts, load_rows
-    from rlpost.models import load_tokenizer
+    from rlpost.trainer import load_tokenizer
 
     # Prompt format (system prompt, template, chat template) from a training config, if given.
     base = load_config(args.config).data if args.config else DataConfig()

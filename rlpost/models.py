@@ -167,16 +167,3 @@ def _check_shards(path: Path) -> None:
         if missing:
             raise ModelNotFoundError(f"model folder {path}: weight files {', '.join(missing)} named in {index.name} are missing")
 
-
-def load_tokenizer(model_path: str):
-    """The model's tokenizer; a folder without one or an unreachable Hub id is a `ModelNotFoundError`."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError, TypeError) as exc:  # transformers: OSError when nothing is found, ValueError for no tokenizer files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFoundError(
-            f"model.path: cannot load a tokenizer from {model_path!r} ({reason}); "
-            "a model folder needs the tokenizer files saved with the model"
-        ) from exc
