@@ -1,10 +1,12 @@
 """Connecting to Ray, placement groups, and creating the actors with their resources.
 
 `split`: one placement group of learner bundles (one per rank: `learner_cpus` CPUs, one GPU on
-GPUs, plus `learner_resources`) and one of rollout bundles (one per worker: `rollout_cpus`,
-`tensor_parallel_size` GPUs, plus `rollout_resources`). `colocated`: one group of bundles, bundle i
-holding learner rank i and rollout worker i, which split its GPU (0.5 each). Reward actors need
-only `reward_cpus` and go wherever Ray finds room.
+GPUs, plus `learner_resources`) and one of rollout bundles. On GPUs every rollout bundle holds one
+GPU, as vLLM's Ray executor requires: an engine with `tensor_parallel_size` t takes t consecutive
+bundles; with t = 1 the worker actor holds the GPU itself, with t > 1 the actor holds none and
+vLLM's Ray workers take the GPUs of its bundles (`VLLM_RAY_BUNDLE_INDICES`). `colocated`: one group
+of bundles, bundle i holding learner rank i and rollout worker i, which split its GPU (0.5 each).
+Reward actors need only `reward_cpus` and go wherever Ray finds room.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlpost.config.cluster import ClusterConfig
@@ -113,9 +115,20 @@ class Layout:
 
     learner_groups: list[tuple[Any, int]]
     rollout_groups: list[tuple[Any, int]]
+    """Per rollout worker: its placement group and the bundle its actor sits in."""
     learner_gpus: float
     rollout_gpus: float
+    """GPUs each rollout worker actor takes itself (0 when vLLM's Ray workers take them)."""
     groups: list[Any]
+    rollout_bundles: list[list[int]] = field(default_factory=list)
+    """Per rollout worker on GPUs: the bundles whose GPUs its engine's tensor-parallel ranks use."""
+
+    def rollout_env(self, worker: int) -> dict[str, str]:
+        """Environment of rollout worker `worker`: the bundles vLLM's Ray executor places its ranks in."""
+        bundles = self.rollout_bundles[worker] if self.rollout_bundles else []
+        if len(bundles) <= 1:
+            return {}
+        return {"VLLM_RAY_BUNDLE_INDICES": ",".join(str(b) for b in bundles)}
 
 
 def _bundle(cpus: float, gpus: float, extra: dict[str, float]) -> dict[str, float]:
@@ -137,26 +150,44 @@ def _wait_ready(group: Any, name: str, bundles: list[dict[str, float]]) -> None:
         )
 
 
+def check_device_settings(cluster: ClusterConfig, tensor_parallel_size: int, device: str) -> None:
+    """Settings that cannot work on `device`, refused before any actor starts (the message names the keys)."""
+    from rlpost.config.errors import ConfigError
+
+    if device != "cuda" or cluster.placement != "colocated":
+        return
+    if cluster.sync_transport == "nccl":
+        raise ConfigError(
+            "cluster.placement: colocated with cluster.sync_transport: nccl cannot work on GPUs: learner rank i "
+            "and rollout worker i share one GPU, and NCCL cannot put two ranks of a group on the same device; "
+            "use sync_transport: object_store, or placement: split"
+        )
+    if tensor_parallel_size != 1:
+        raise ConfigError("cluster.placement: colocated needs rollout.vllm.tensor_parallel_size: 1 (one GPU per bundle)")
+
+
 def make_layout(cluster: ClusterConfig, tensor_parallel_size: int, device: str) -> Layout:
     from ray.util.placement_group import placement_group
 
     gpu = device == "cuda"
     if cluster.placement == "split":
         learner_bundles = [_bundle(cluster.learner_cpus, 1 if gpu else 0, cluster.learner_resources)] * cluster.learner_ranks
-        rollout_bundles = [_bundle(cluster.rollout_cpus, tensor_parallel_size if gpu else 0, cluster.rollout_resources)] * cluster.num_rollout_workers
         learner_pg = placement_group(learner_bundles, strategy=cluster.placement_strategy)
-        rollout_pg = placement_group(rollout_bundles, strategy=cluster.placement_strategy)
         _wait_ready(learner_pg, "learner", learner_bundles)
+        width = tensor_parallel_size if gpu else 1
+        rollout_bundles = rollout_bundle_specs(cluster, width, gpu)
+        rollout_pg = placement_group(rollout_bundles, strategy=cluster.placement_strategy)
         _wait_ready(rollout_pg, "rollout", rollout_bundles)
+        engines = [list(range(w * width, (w + 1) * width)) for w in range(cluster.num_rollout_workers)]
         return Layout(
             learner_groups=[(learner_pg, i) for i in range(cluster.learner_ranks)],
-            rollout_groups=[(rollout_pg, i) for i in range(cluster.num_rollout_workers)],
+            rollout_groups=[(rollout_pg, bundles[0]) for bundles in engines],
             learner_gpus=1 if gpu else 0,
-            rollout_gpus=tensor_parallel_size if gpu else 0,
+            rollout_gpus=1 if gpu and width == 1 else 0,
             groups=[learner_pg, rollout_pg],
+            rollout_bundles=engines if gpu else [],
         )
-    if gpu and tensor_parallel_size != 1:
-        raise PlacementError("cluster.placement: colocated needs rollout.vllm.tensor_parallel_size: 1 (one GPU per bundle)")
+    check_device_settings(cluster, tensor_parallel_size, device)
     extra = {**cluster.learner_resources, **cluster.rollout_resources}
     bundles = [_bundle(cluster.learner_cpus + cluster.rollout_cpus, 1 if gpu else 0, extra)] * cluster.learner_ranks
     group = placement_group(bundles, strategy=cluster.placement_strategy)
@@ -170,9 +201,22 @@ def make_layout(cluster: ClusterConfig, tensor_parallel_size: int, device: str) 
     )
 
 
-def actor_options(group: Any, bundle: int, cpus: float, gpus: float, **extra: Any) -> dict[str, Any]:
+def rollout_bundle_specs(cluster: ClusterConfig, width: int, gpu: bool) -> list[dict[str, float]]:
+    """The rollout placement group's bundles: `width` per worker (one GPU each on GPUs); the worker's
+    CPUs sit in its first bundle."""
+    specs = []
+    for _ in range(cluster.num_rollout_workers):
+        specs.append(_bundle(cluster.rollout_cpus, 1 if gpu else 0, cluster.rollout_resources))
+        specs += [{"GPU": 1, **cluster.rollout_resources}] * (width - 1)
+    return specs
+
+
+def actor_options(group: Any, bundle: int, cpus: float, gpus: float, env: dict[str, str] | None = None,
+                  **extra: Any) -> dict[str, Any]:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    if env:
+        extra["runtime_env"] = {"env_vars": {**ACTOR_ENV, **env}}
     return {
         "num_cpus": cpus,
         "num_gpus": gpus,

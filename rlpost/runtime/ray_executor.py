@@ -105,16 +105,24 @@ class RayExecutor(RolloutPool, Executor):
         import ray
 
         from rlpost.runtime.actors import RewardWorker
-        from rlpost.runtime.placement import connect, make_layout, resolve_device
+        from rlpost.runtime.placement import check_device_settings, connect, make_layout, resolve_device
 
         self._started_ray = connect(self.cluster)
         self.device = resolve_device(self.cluster)
         rollout = self.config.rollout
         tp = rollout.vllm.tensor_parallel_size if rollout.engine == "vllm" else 1
+        check_device_settings(self.cluster, tp, self.device)
         self.layout = make_layout(self.cluster, tp, self.device)
         started = time.perf_counter()
-        setup = self._start_learner(needs_gradient_access)
-        self.start_workers(self.layout, self.model_path, self.device, self.engine_factory)
+        if self.sleeps:
+            # The engines take their GPU memory and free it again before the learner allocates its own.
+            self.start_workers(self.layout, self.model_path, self.device, self.engine_factory)
+            self.await_worker_info()
+            ray.get([slot.actor.release_memory.remote() for slot in self.workers])
+            setup = self._start_learner(needs_gradient_access)
+        else:
+            setup = self._start_learner(needs_gradient_access)
+            self.start_workers(self.layout, self.model_path, self.device, self.engine_factory)
         reward_cls = ray.remote(RewardWorker)
         self.rewards = [
             reward_cls.options(num_cpus=self.cluster.reward_cpus, max_restarts=self.cluster.max_worker_restarts,
@@ -123,6 +131,8 @@ class RayExecutor(RolloutPool, Executor):
         ]
         self.await_worker_info()
         ray.get(setup)
+        if self.sleeps:
+            ray.get([slot.actor.restore_memory.remote() for slot in self.workers])
         self.sync.start()
         log.info("actors ready in %.1f s: %d rollout workers, %d learner ranks, %d reward workers (%s)",
                  time.perf_counter() - started, len(self.workers), len(self.ranks), len(self.rewards), self.device)
@@ -157,6 +167,11 @@ class RayExecutor(RolloutPool, Executor):
                 f"the {what} are on {len(node_ips)} machines, which cannot meet on cluster.bind_host={self.cluster.bind_host}: "
                 "set cluster.bind_host: auto (each node's Ray IP) or a reachable address"
             )
+
+    @property
+    def sleeps(self) -> bool:
+        """Colocated engines on GPUs sleep (vLLM sleep mode) while the learner trains."""
+        return self.cluster.placement == "colocated" and self.device == "cuda"
 
     # ---- the executor interface
 
@@ -208,7 +223,7 @@ class RayExecutor(RolloutPool, Executor):
         if self.queued is None or self.training is not None or self.sync.blocks_training():
             return
         request, self.queued = self.queued, None
-        if self.cluster.placement == "colocated" and self.device == "cuda":
+        if self.sleeps:
             ray.get([slot.actor.release_memory.remote() for slot in self.workers if slot.alive])
         publish = self.sync.publish_with_step(request.batch_index + 1)
         shards = shard_request(request, len(self.ranks))
@@ -231,7 +246,7 @@ class RayExecutor(RolloutPool, Executor):
         self.times.learner += train_seconds + publish_seconds
         self.times.extra["perf/publish_seconds"] = publish_seconds
         self.run_learner += train_seconds + publish_seconds
-        if self.cluster.placement == "colocated" and self.device == "cuda":
+        if self.sleeps:
             ray.get([slot.actor.restore_memory.remote() for slot in self.workers if slot.alive])
         # The ranks reduced their metrics and gathered their IS statistics: rank 0's stand for the step.
         return Trained(training["batch_index"], outputs[0]["result"], train_seconds, publish_seconds)

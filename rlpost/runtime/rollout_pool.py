@@ -67,7 +67,7 @@ class RolloutPool:
         cluster, config = self.cluster, self.config
         worker_cls = ray.remote(RolloutWorker)
         for index, (group, bundle) in enumerate(layout.rollout_groups):
-            options = actor_options(group, bundle, cluster.rollout_cpus, layout.rollout_gpus,
+            options = actor_options(group, bundle, cluster.rollout_cpus, layout.rollout_gpus, env=layout.rollout_env(index),
                                     max_restarts=cluster.max_worker_restarts, max_task_retries=0)
             actor = worker_cls.options(**options).remote(
                 index, config, model_path, derive_seed(config.train.seed, index),
