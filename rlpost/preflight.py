@@ -6,14 +6,13 @@ folder. `rlpost train` runs it before the output folder exists, `rlpost validate
 What it checks: the output folder (`train.resume=never` never writes over another run), the
 installed extras a setting needs (wandb, vLLM, DeepSpeed, Ray), the cluster section, the model folder
 (config, weights, tokenizer files), the data (rows load with their fields; enough rows for
-`train.prompts_per_step`) and each reward function (importable, its signature, one call on a row).
+`train.prompts_per_step`) and each reward function (importable, its signature takes the rows' fields; it is not called).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
-import math
+import inspect
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,6 @@ from rlpost.data import load_rows
 from rlpost.io.checkpoint import check_new_run_folder
 from rlpost.models import BUILTIN_MODELS, builtin_model_dir, check_model_folder, resolve_model
 from rlpost.rewards import RewardFunctionError, bind_reward, get_reward_fn
-
-log = logging.getLogger(__name__)
 
 # How to install each optional package a setting needs.
 EXTRAS = {
@@ -47,12 +44,10 @@ class PreflightSummary:
     test_rows: int = 0
     model: str = ""
     rewards: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         test = f", {self.test_rows} test rows" if self.test_rows else ""
-        return (f"ok: {self.train_rows} train rows{test}; model {self.model}; rewards {', '.join(self.rewards)}"
-                + (f"; {len(self.warnings)} warning(s) logged" if self.warnings else ""))
+        return f"ok: {self.train_rows} train rows{test}; model {self.model}; rewards {', '.join(self.rewards)}"
 
 
 def preflight(config: RLPostConfig) -> None:
@@ -136,7 +131,7 @@ def check_model(reference: str) -> str:
 
 
 def check_rewards(config: RLPostConfig, row: dict, summary: PreflightSummary) -> None:
-    """Each reward imports, accepts its kwargs, and can be called on the first training row."""
+    """Each reward imports, accepts its kwargs, and can be called with the fields of the first training row."""
     functions = config.reward.functions
     if not functions:
         raise RewardFunctionError("reward.functions is empty: configure at least one reward function")
@@ -145,12 +140,9 @@ def check_rewards(config: RLPostConfig, row: dict, summary: PreflightSummary) ->
     correct = config.reward.correct_reward
     if correct is not None and correct not in names:
         raise RewardFunctionError(f"reward.correct_reward = {correct!r} is not among reward.functions: {', '.join(names)}")
-    for function, reward, name in zip(functions, bound, names, strict=True):
-        problem = call_on_row(reward, function.name, row)
-        if problem:
-            log.warning("%s", problem)
-            summary.warnings.append(problem)
-        summary.rewards.append(name)
+    for function, reward in zip(functions, bound, strict=True):
+        check_binds(reward, function.name, row)
+    summary.rewards = names
 
 
 def reward_component_names(specs: list[str]) -> list[str]:
@@ -163,33 +155,23 @@ def reward_component_names(specs: list[str]) -> list[str]:
     return names
 
 
-def call_on_row(bound, spec: str, row: dict) -> str | None:
-    """Call a bound reward on `row` with its gold answer boxed as the completion.
+def check_binds(bound, spec: str, row: dict) -> None:
+    """The arguments a call on `row` would pass bind to the function's signature.
 
-    A call that cannot even bind its arguments (a field the rows lack) is an error: it would fail
-    on every completion. Anything else (an exception inside, a non-number) is returned as a
-    warning: at run time such a call is only counted as a failure, and this one completion is made up.
+    The function is not called: a reward may kill, hang or change files (it runs in a worker process,
+    under a timeout, only once training starts). A field the rows lack would fail every call.
     """
-    completion = f"\\boxed{{{row['answer']}}}"
     try:
-        value = bound(row["question"], completion, row)
+        signature = inspect.signature(bound.fn)
+    except (TypeError, ValueError):  # some C callables have no signature: the run counts their failures
+        return
+    fields = {**row, **bound.kwargs}  # as the worker passes them: a config kwarg overrides a row field
+    keywords = {name: value for name, value in fields.items()
+                if name not in bound.positional and (bound.accepted is None or name in bound.accepted)}
+    try:
+        signature.bind("prompt", "completion", **keywords)
     except TypeError as exc:
-        if _raised_by_the_call(exc, bound):
-            raise RewardFunctionError(
-                f"reward {spec!r} cannot be called with the fields of row 1 of data.train ({exc}); "
-                f"the row has fields: {', '.join(row)}"
-            ) from None
-        return f"reward {spec!r} raised on row 1 of data.train with completion {completion!r}: {exc!r}"
-    except Exception as exc:  # noqa: BLE001 - a user function may raise anything
-        return f"reward {spec!r} raised on row 1 of data.train with completion {completion!r}: {exc!r}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return f"reward {spec!r} returned {value!r} on row 1 of data.train, not a finite number"
-    return None
-
-
-def _raised_by_the_call(exc: TypeError, bound) -> bool:
-    """True when the TypeError came from binding the arguments, not from inside the function."""
-    frame = exc.__traceback__
-    while frame is not None and frame.tb_next is not None:
-        frame = frame.tb_next
-    return frame is not None and frame.tb_frame.f_code is type(bound).__call__.__code__
+        raise RewardFunctionError(
+            f"reward {spec!r} cannot be called with the fields of row 1 of data.train ({exc}); "
+            f"the row has fields: {', '.join(row)}"
+        ) from None

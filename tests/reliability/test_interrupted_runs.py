@@ -54,7 +54,7 @@ SIGNALS = {
         Fault("rlpost.io.checkpoint:_fsync_tree", 2, "kill"), KILLED, 4, 2, partial="ckpt-00000004.tmp"),
     # ckpt 2 renamed into place, step 3 not begun.
     "sigkill-between-checkpoint-and-next-step": Interruption(
-        Fault("rlpost.trainer:prune_checkpoints", 1, "kill"), KILLED, 2, 2),
+        Fault("rlpost.loop.run:prune_checkpoints", 1, "kill"), KILLED, 2, 2),
     # SIGTERM in step 3: the step finishes, is checkpointed, and the process exits 0.
     "sigterm-during-step": Interruption(Fault("rlpost.rewards.manager:RewardManager.score", 3, "term"), 0, 3, 3),
 }
@@ -67,7 +67,7 @@ FAILURES = {
     # Disk full writing ckpt 4: one line naming the checkpoint to resume from; the partial folder is removed
     # (its space is what the next attempt needs) and ckpt 2 stays intact.
     "disk-full-while-checkpointing": Interruption(
-        Fault("rlpost.trainer:_save_rng", 2, "enospc"), 2, 4, 2,
+        Fault("rlpost.loop.run:save_rng", 2, "enospc"), 2, 4, 2,
         message=r"error: cannot write checkpoint ckpt-00000004 in \S+: No space left on device; "
                 r"train.resume=auto continues from ckpt-00000002 once the cause is fixed\n",
     ),

@@ -23,8 +23,9 @@ REWARDS = '''
 def needs_difficulty(prompt, completion, *, answer, difficulty):
     return 1.0
 
-def raises_inside(prompt, completion, **row):
-    raise RuntimeError("no <answer> tag")
+def kills_its_process(prompt, completion, **row):
+    import os
+    os._exit(3)
 '''
 
 
@@ -119,14 +120,12 @@ def test_reward_that_cannot_take_the_rows_fields_is_an_error(tiny_chat_model_pat
         preflight(config(tmp_path, tiny_chat_model_path, f"data.train={data_file}", *only_reward(spec)))
 
 
-def test_reward_that_raises_inside_is_only_a_warning(tiny_chat_model_path: str, data_file: Path, tmp_path: Path):
-    # At run time such a call scores reward.failure_score and is counted; the made-up completion may be the cause.
+def test_rewards_are_checked_without_being_called(tiny_chat_model_path: str, data_file: Path, tmp_path: Path):
+    # A reward may kill or hang its process, or change files: only a worker process runs it, under a timeout.
     (tmp_path / "rewards.py").write_text(REWARDS)
-    spec = f"{tmp_path / 'rewards.py'}:raises_inside"
+    spec = f"{tmp_path / 'rewards.py'}:kills_its_process"
     summary = run_checks(config(tmp_path, tiny_chat_model_path, f"data.train={data_file}", *only_reward(spec)))
-    assert summary.warnings == [
-        f"reward '{spec}' raised on row 1 of data.train with completion '\\\\boxed{{1}}': RuntimeError('no <answer> tag')"
-    ]
+    assert summary.rewards == [spec]
 
 
 def test_correct_reward_and_empty_reward_list(tiny_chat_model_path: str, data_file: Path, tmp_path: Path):
