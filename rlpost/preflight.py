@@ -33,7 +33,8 @@ EXTRAS = {
 }
 
 _passed: set[str] = set()
-"""Configs that passed in this process: `rlpost train` and the training loop both call `preflight`."""
+"""Configs that passed in this process: `rlpost train` and the training loop both call `preflight`, and
+loading the data twice would double the start-up cost."""
 
 
 @dataclass
@@ -53,9 +54,11 @@ class PreflightSummary:
 def preflight(config: RLPostConfig) -> None:
     """Everything a run checks before its first step that needs no model weights; raises naming the problem."""
     key = config.model_dump_json()
-    if key not in _passed:
-        run_checks(config)
-        _passed.add(key)
+    if key in _passed:
+        check_output_dir(config)  # the folder may have filled since: this check is never skipped
+        return
+    run_checks(config)
+    _passed.add(key)
 
 
 def run_checks(config: RLPostConfig) -> PreflightSummary:

@@ -166,3 +166,12 @@ def test_model_fetch_never_deletes_a_users_folder(tmp_path: Path, monkeypatch):
     assert (target / "notes.txt").read_text() == "keep me"
     with pytest.raises(ModelFolderError, match=rf"--to {target / 'notes.txt'}: a file, not a folder"):
         fetch_builtin("smollm2-135m-instruct", target / "notes.txt")
+
+
+def test_a_config_that_passed_is_still_refused_once_its_folder_holds_a_run(tiny_chat_model_path: str, tmp_path: Path):
+    checked = config(tmp_path, tiny_chat_model_path, "train.resume=never")
+    preflight(checked)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("old: run\n")
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        preflight(checked)
