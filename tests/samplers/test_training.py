@@ -72,7 +72,8 @@ class Recording:
 def record(trainer: Trainer) -> Recording:
     """Wraps the trainer's sampler update and learner step to keep their inputs."""
     recording = Recording()
-    update, train_step = trainer.sampler.update, trainer.learner.train_step
+    learner = trainer.executor.learner  # the local executor's learner
+    update, train_step = trainer.sampler.update, learner.train_step
 
     def recording_update(groups: list[Group]) -> dict[str, float]:
         recording.groups.append(groups)
@@ -83,7 +84,7 @@ def record(trainer: Trainer) -> Recording:
         return train_step(batch, targets)
 
     trainer.sampler.update = recording_update
-    trainer.learner.train_step = recording_train_step
+    learner.train_step = recording_train_step
     return recording
 
 
