@@ -8,6 +8,8 @@ import pytest
 
 from rlpost.blending import build_controller, controller_names
 from rlpost.config import load_config
+from rlpost.config.errors import ConfigError
+from rlpost.loop.checks import check_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -39,3 +41,29 @@ def test_amft_config_can_combine_gradients():
     learner = config.learner
     assert learner.backend == "torch" or (learner.zero_stage == 0 and config.model.dtype == "float32")
     assert config.blending.amft.warmup_steps < config.train.steps
+
+
+
+def test_hpt_with_dapo_dynamic_sampling_is_refused():
+    """DAPO's filter drops the all-wrong groups HPT routes to SFT before HPT sees them."""
+    config = load_config(CONFIGS / "hpt.yaml", ["objective.name=dapo"])
+    assert config.objective.dapo.filter_groups  # DAPO's default
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    message = str(error.value)
+    assert "blending.name='hpt'" in message and "objective.dapo.filter_groups" in message
+    assert "never-solved" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("hpt", ["objective.name=dapo", "objective.dapo.filter_groups=false"]),  # every group reaches HPT
+        ("sasr", ["objective.name=dapo"]),  # a coin flip per step: no branch depends on scores
+        ("amft", ["objective.name=dapo"]),  # every group enters both losses
+    ],
+)
+def test_blending_runs_where_the_filter_empties_no_branch(name, overrides):
+    config = load_config(CONFIGS / f"{name}.yaml", overrides)
+    assert config.objective.name == "dapo" and config.blending.name == name
+    assert check_config(config) is None
