@@ -130,7 +130,7 @@ def _all_reduce(values: list[float], op: dist.ReduceOp) -> list[float]:
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=group_device())
     dist.all_reduce(tensor, op=op)
-    return tensor.tolist()
+    return tensor.cpu().tolist()
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
