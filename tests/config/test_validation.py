@@ -82,3 +82,9 @@ def test_is_correction_auto_consults_the_objective_capability():
     assert load_config(None, async_run).cluster.is_mode("grpo") == "token"
     assert load_config(None, async_run).cluster.is_mode("vcpo") == "none"  # registered corrects_off_policy
     assert load_config(None, ["cluster.runtime=ray"]).cluster.is_mode("vcpo") == "none"
+
+
+def test_registered_method_section_unknown_key_names_key_and_closest():
+    message = refused("objective.rloo.singleton=reward")
+    assert "unknown key 'objective.rloo.singleton' (did you mean 'singleton_advantage'?); valid keys in objective.rloo: singleton_advantage" in message
+    assert "unknown key 'objective.rlo' (did you mean 'rloo'?)" in refused("objective.rlo.singleton_advantage=reward")
