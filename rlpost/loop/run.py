@@ -32,6 +32,7 @@ from rlpost.loop.checks import check_config
 from rlpost.loop.parts import RunParts, build_parts
 from rlpost.loop.progress import ProgressBar
 from rlpost.loop.setup import config_digest, load_rng, save_rng, seed_everything
+from rlpost.preflight import preflight
 from rlpost.runtime.buffer import RolloutBuffer, merge_reward_metrics
 from rlpost.runtime.executor import Executor, Generated, LearnerRequest, Trained
 
@@ -70,6 +71,7 @@ class TrainingRun:
     def __init__(self, config: RLPostConfig, executor: Executor | None = None, hooks: RunHooks | None = None,
                  engine_factory=None):
         check_config(config)
+        preflight(config)
         self.config = config
         self.output_dir = Path(config.train.output_dir)
         self.digest = config_digest(config)
@@ -133,7 +135,7 @@ class TrainingRun:
             previous = signal.signal(signal.SIGTERM, self._request_stop)
             with ProgressBar(self.config, self.start_step) as progress:
                 while self.version < self.total_steps:
-                    if self.stop_requested and self.training is None:
+                    if self.stop_requested and self.training is None and self.version not in self.planner.batches:
                         if self.last_checkpoint != self.version:
                             self.save_checkpoint(self.version)
                         break
@@ -194,7 +196,9 @@ class TrainingRun:
         """Plan batches before `end`, start the optimizer step when its batch is ready, handle the
         executor's next events."""
         engines = self.executor.engines
-        for unit in self.planner.plan(self.version, self.max_staleness, end, engines):
+        # After SIGTERM the batch in flight still trains (and is checkpointed); no new batch starts.
+        planned = [] if self.stop_requested else self.planner.plan(self.version, self.max_staleness, end, engines)
+        for unit in planned:
             self.executor.submit(unit)
         self._maybe_train()
         finished = None
@@ -211,7 +215,7 @@ class TrainingRun:
     # ---- the optimizer step
 
     def _maybe_train(self) -> None:
-        if self.training is not None or self.version >= self.total_steps or self.stop_requested:
+        if self.training is not None or self.version >= self.total_steps:
             return
         state = self.planner.take(self.version)
         if state is None:
@@ -252,10 +256,12 @@ class TrainingRun:
         every_eval = self.config.eval.every_steps
         if self.parts.test_prompts and (final or (every_eval and steps_done % every_eval == 0)):
             metrics.update(self.evaluate())
+        # Logged before the checkpoint: a run killed in between resumes from the previous checkpoint
+        # and rewrites this record, while the other order would lose it for good.
+        self.metrics.log(steps_done, metrics)
         every = self.config.checkpoint.every_steps
         if final or self.stop_requested or (every and steps_done % every == 0):
             self.save_checkpoint(steps_done)
-        self.metrics.log(steps_done, metrics)
         self.hooks.on_step(self, steps_done, metrics)
         return metrics
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +22,27 @@ CLUSTER_KEYS_IN_DIGEST = ("max_staleness", "is_correction", "is_cap", "learner_r
 change: a local checkpoint resumes on Ray and the other way round."""
 
 
+def plugin_registries() -> dict[str, Any]:
+    """The config sections whose `name` picks a plug-in, with the plug-ins' registries."""
+    from rlpost.blending.base import CONTROLLERS
+    from rlpost.objectives.registry import OBJECTIVES
+    from rlpost.samplers.base import SAMPLERS
+
+    return {"objective": OBJECTIVES, "sampler": SAMPLERS, "blending": CONTROLLERS}
+
+
 def config_digest(config: RLPostConfig) -> str:
-    """Hash of the settings a checkpoint depends on (a resumed run must match it)."""
+    """Hash of the settings a checkpoint depends on (a resumed run must match it).
+
+    Only the chosen plug-in's sub-section counts: adding a method to rlpost (a new sub-section with
+    defaults) does not orphan the checkpoints of runs that do not use it.
+    """
     tree = config.model_dump(mode="json")
+    for section, registry in plugin_registries().items():
+        chosen = tree[section].get("name")
+        for name in registry.names():
+            if name != chosen:
+                tree[section].pop(name, None)
     for path in RESUMABLE_CHANGES:
         node = tree
         for key in path[:-1]:
