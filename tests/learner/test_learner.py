@@ -69,3 +69,29 @@ def test_release_memory_trims_the_heap_after_each_optimizer_step(tiny_model_path
     for _ in range(2):
         learner.train_step(batch, prepare_update(objective, batch))
     assert len(trims) == (2 if release_memory else 0)
+
+
+@pytest.mark.parametrize(("rows", "updates", "sizes"), [(9, 4, [3, 2, 2, 2]), (8, 4, [2, 2, 2, 2]), (3, 4, [1, 1, 1])])
+def test_a_batch_takes_the_configured_number_of_updates(tiny_model_path, rows, updates, sizes):
+    # torch.chunk gave 9 rows in 4 updates as 3 chunks of 3: ranks with 9 and 8 rows then disagreed.
+    seen = []
+    config = _config(tiny_model_path, updates_per_batch=updates)
+    objective = get_objective("grpo")(config.objective, config.rollout.max_new_tokens)
+    learner = Learner(config, config.model.path, objective, total_steps=1)
+    original = learner._update
+    learner._update = lambda batch, mini_rows, *rest: seen.append(len(mini_rows)) or original(batch, mini_rows, *rest)
+    batch = build_train_batch(make_groups(1, sizes=[rows]), pad_token_id=0)
+    learner.train_step(batch, prepare_update(objective, batch))
+    assert seen == sizes and learner.steps_taken == len(sizes)
+
+
+def test_zero3_loading_is_on_only_while_the_policy_loads():
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    from rlpost.learner.policy import zero3_loading
+
+    with zero3_loading({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1}):
+        assert is_deepspeed_zero3_enabled()  # from_pretrained builds under deepspeed.zero.Init
+    assert not is_deepspeed_zero3_enabled()
+    with zero3_loading({"zero_optimization": {"stage": 2}}):
+        assert not is_deepspeed_zero3_enabled()
