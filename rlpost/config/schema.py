@@ -102,6 +102,13 @@ class RewardFunctionConfig(Section):
     """Weight in the total reward (total = sum of weight * score)."""
     kwargs: dict[str, Any] = {}
     """Extra keyword arguments passed to the function on every call."""
+    style: Literal["auto", "rlpost", "trl", "verl"] = "auto"
+    """How the function is called: `rlpost` fn(prompt, completion, **row_fields) -> float, once per completion;
+    `trl` fn(completions, prompts=..., **dataset_columns) -> list[float], once per group, every argument a list;
+    `verl` compute_score(data_source, solution_str, ground_truth, extra_info) -> float or {"score": ...}, once per
+    completion; `auto` is verl for a `solution_str` parameter, trl for a `completions` parameter, else rlpost."""
+    data_source: str | None = None
+    """verl style: the `data_source` passed for rows without a `data_source` field."""
 
     @field_validator("weight")
     @classmethod

@@ -8,6 +8,7 @@ import pickle
 import weakref
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from rlpost.registry import closest
 from rlpost.config.schema import RewardConfig, RewardFunctionConfig
@@ -29,6 +30,8 @@ class _Reward:
     """Component name: the config name, with `#2`, `#3`... when a function is listed more than once."""
     weight: float
     worker: WorkerReward
+    batched: bool = False
+    """Called once per group (TRL style) rather than once per completion."""
 
 
 class RewardManager:
@@ -67,18 +70,16 @@ class RewardManager:
         """
         if not self._finalizer.alive:
             raise RuntimeError("RewardManager.score() after close()")
-        tasks: list[Task] = [
-            (index, group.prompt.text, completion.text, group.prompt.row)
-            for group in groups
-            for completion in group.completions
-            for index in range(len(self._rewards))
-        ]
+        tasks, places = _tasks(groups, [reward.batched for reward in self._rewards])
         restarts_before = self._pool.restarts
-        outcomes = iter(self._pool.run(tasks))
+        table = _table(groups, len(self._rewards), places, self._pool.run(tasks))
         failures: Counter[str] = Counter()
-        for group in groups:
-            scores = [[self._score_of(next(outcomes), reward, group, completion, failures) for reward in self._rewards]
-                      for completion in group.completions]
+        for group, outcomes in zip(groups, table):
+            scores = [
+                [self._score_of(outcome, reward, group, completion, failures)
+                 for outcome, reward in zip(row, self._rewards)]
+                for row, completion in zip(outcomes, group.completions)
+            ]
             self._fill(group, scores)
         return self._metrics(groups, failures, self._pool.restarts - restarts_before)
 
@@ -142,6 +143,32 @@ class RewardManager:
         self.close()
 
 
+def _tasks(groups: list[Group], batched: list[bool]) -> tuple[list[Task], list[tuple[int, int, int]]]:
+    """The calls that score `groups`, and where each call's outcomes go: (group, reward, first completion).
+    A batched reward gets one call per group; any other reward one call per completion."""
+    tasks: list[Task] = []
+    places: list[tuple[int, int, int]] = []
+    for g, group in enumerate(groups):
+        texts = [completion.text for completion in group.completions]
+        for r, whole_group in enumerate(batched):
+            calls = [(0, texts)] if whole_group and texts else [(c, [text]) for c, text in enumerate(texts)]
+            for first, completions in calls:
+                tasks.append((r, group.prompt.text, completions, group.prompt.row))
+                places.append((g, r, first))
+    return tasks, places
+
+
+def _table(
+    groups: list[Group], rewards: int, places: list[tuple[int, int, int]], answers: list[list[Outcome]]
+) -> list[list[list[Outcome]]]:
+    """Outcomes by group, completion and reward."""
+    table: list[list[list[Any]]] = [[[None] * rewards for _ in group.completions] for group in groups]
+    for (g, r, first), outcomes in zip(places, answers, strict=True):
+        for offset, outcome in enumerate(outcomes):
+            table[g][first + offset][r] = outcome
+    return table
+
+
 def _resolve_all(functions: list[RewardFunctionConfig]) -> list[_Reward]:
     """Load and check every configured function here, so that mistakes surface before any worker starts."""
     if not functions:
@@ -151,16 +178,19 @@ def _resolve_all(functions: list[RewardFunctionConfig]) -> list[_Reward]:
     for config in functions:
         seen[config.name] += 1
         name = config.name if seen[config.name] == 1 else f"{config.name}#{seen[config.name]}"
-        rewards.append(_Reward(name=name, weight=config.weight, worker=_worker_reward(config, name)))
+        worker, batched = _worker_reward(config, name)
+        rewards.append(_Reward(name=name, weight=config.weight, worker=worker, batched=batched))
     return rewards
 
 
-def _worker_reward(config: RewardFunctionConfig, name: str) -> WorkerReward:
+def _worker_reward(config: RewardFunctionConfig, name: str) -> tuple[WorkerReward, bool]:
+    """What the workers need to call the function, and whether it is batched (called once per group)."""
     fn = get_reward_fn(config.name)
-    bind_reward(fn, config.name, config.kwargs)
+    bound = bind_reward(fn, config.name, config.kwargs, config.style, config.data_source)
+    settings = (dict(config.kwargs), bound.style, config.data_source)
     if ":" in config.name:
         # Specs are loaded again inside each worker (a file's module cannot be pickled by reference).
-        return WorkerReward(name, absolute_spec(config.name), dict(config.kwargs))
+        return WorkerReward(name, absolute_spec(config.name), *settings), bound.batched
     # A registered function travels by reference (module and name), so the workers must be able to import it.
     problem = "it is defined in the __main__ script" if getattr(fn, "__module__", None) == "__main__" else None
     try:
@@ -172,7 +202,7 @@ def _worker_reward(config: RewardFunctionConfig, name: str) -> WorkerReward:
             f"reward {config.name!r}: the registered function cannot be sent to worker processes ({problem}); "
             "define it at the top level of an importable module, or name it as path/to/file.py:function"
         )
-    return WorkerReward(name, fn, dict(config.kwargs))
+    return WorkerReward(name, fn, *settings), bound.batched
 
 
 def _correct_index(correct_reward: str | None, names: list[str]) -> int:

@@ -4,8 +4,9 @@ Why not `concurrent.futures.ProcessPoolExecutor`: it cannot stop a call that han
 that dies breaks the whole pool. Here every worker is its own process with its own socket. The
 parent sends a worker a chunk of calls in one message and the worker answers each call as soon as
 it finishes, so the parent always knows which call is running; that call's deadline runs from the
-previous answer (or the dispatch). If the deadline passes, the worker is killed and the call scores
-a timeout; if the worker dies, the call scores a crash. Either way a fresh worker takes the slot
+previous answer (or the dispatch), and is `timeout_seconds` per completion the call scores (a
+batched TRL-style call scores a whole group). If the deadline passes, the worker is killed and each
+completion of the call scores a timeout; if the worker dies, a crash. Either way a fresh worker takes the slot
 and the rest of the chunk goes back to the queue.
 
 Workers are fresh interpreters (`subprocess`, like the `spawn` start method: no torch threads or
@@ -102,17 +103,17 @@ class WorkerPool:
         conn.send(self._rewards)
         return _Worker(process=process, conn=conn, started=time.monotonic())
 
-    def run(self, tasks: Sequence[Task]) -> list[Outcome]:
-        """One outcome per task, in order. A bad reward call never raises here; RewardWorkerError
-        means a worker could not start at all."""
-        results: list[Outcome | None] = [None] * len(tasks)
+    def run(self, tasks: Sequence[Task]) -> list[list[Outcome]]:
+        """Per task, in order, one outcome per completion of the task. A bad reward call never raises
+        here; RewardWorkerError means a worker could not start at all."""
+        results: list[list[Outcome] | None] = [None] * len(tasks)
         queue: deque[list[int]] = deque(_chunks(len(tasks), len(self._workers) * _CHUNKS_PER_WORKER))
         try:
             while queue or any(worker.pending for worker in self._workers):
                 self._dispatch(queue, tasks)
                 self._wait()
                 for slot in range(len(self._workers)):
-                    self._collect(slot, results, queue)
+                    self._collect(slot, tasks, results, queue)
         except BaseException:
             # Interrupted mid-batch (Ctrl-C, a start-up failure): busy workers would answer into the next batch.
             for slot, worker in enumerate(self._workers):
@@ -135,7 +136,7 @@ class WorkerPool:
                 self._replace(slot)
                 continue
             worker.pending.extend(chunk)
-            worker.deadline = time.monotonic() + self._timeout
+            worker.deadline = time.monotonic() + self._limit(tasks[chunk[0]])
 
     def _wait(self) -> None:
         """Block until a worker answers or dies, or the nearest deadline passes."""
@@ -147,7 +148,13 @@ class WorkerPool:
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         wait([worker.conn for worker in self._workers], timeout)
 
-    def _collect(self, slot: int, results: list[Outcome | None], queue: deque[list[int]]) -> None:
+    def _limit(self, task: Task) -> float:
+        """Seconds a call may run: the per-call timeout for each completion it scores."""
+        return self._timeout * max(1, len(task[2]))
+
+    def _collect(
+        self, slot: int, tasks: Sequence[Task], results: list[list[Outcome] | None], queue: deque[list[int]]
+    ) -> None:
         """Read what worker `slot` answered, then deal with its death, its deadline or its start-up."""
         worker = self._workers[slot]
         connected = True
@@ -156,7 +163,8 @@ class WorkerPool:
                 message = worker.conn.recv()
                 if worker.ready:
                     results[worker.pending.popleft()] = message
-                    worker.deadline = time.monotonic() + self._timeout
+                    if worker.pending:
+                        worker.deadline = time.monotonic() + self._limit(tasks[worker.pending[0]])
                 else:
                     _check_startup(message)
                     worker.ready = True
@@ -169,18 +177,22 @@ class WorkerPool:
             if time.monotonic() > worker.started + _STARTUP_SECONDS:
                 raise RewardWorkerError(f"a reward worker did not start within {_STARTUP_SECONDS:.0f} s")
         elif not alive:
-            self._fail_current(slot, results, queue, Outcome("crash", math.nan, _exit_detail(worker)))
+            self._fail_current(slot, tasks, results, queue, Outcome("crash", math.nan, _exit_detail(worker)))
         elif worker.pending and time.monotonic() >= worker.deadline:
-            timeout = Outcome("timeout", math.nan, f"no result within {self._timeout} s")
-            self._fail_current(slot, results, queue, timeout)
+            limit = self._limit(tasks[worker.pending[0]])
+            timeout = Outcome("timeout", math.nan, f"no result within {limit:g} s")
+            self._fail_current(slot, tasks, results, queue, timeout)
 
     def _fail_current(
-        self, slot: int, results: list[Outcome | None], queue: deque[list[int]], outcome: Outcome
+        self, slot: int, tasks: Sequence[Task], results: list[list[Outcome] | None], queue: deque[list[int]],
+        outcome: Outcome,
     ) -> None:
-        """Score the call the worker was running, requeue the rest of its chunk, and replace the worker."""
+        """Score each completion of the call the worker was running, requeue the rest of its chunk, and
+        replace the worker."""
         worker = self._workers[slot]
         if worker.pending:
-            results[worker.pending.popleft()] = outcome
+            index = worker.pending.popleft()
+            results[index] = [outcome] * len(tasks[index][2])
         if worker.pending:
             queue.appendleft(list(worker.pending))
         self._replace(slot)

@@ -5,7 +5,8 @@ socket wrapped in a `multiprocessing.connection.Connection`. Protocol:
 
 1. parent → worker: `list[WorkerReward]`;
 2. worker → parent: `("ready", "")`, or `("init_error", traceback)` and exit;
-3. parent → worker: `list[Task]` (a chunk); worker → parent: one `Outcome` per task, in order;
+3. parent → worker: `list[Task]` (a chunk); worker → parent: per task, in order, a list with one
+   `Outcome` per completion of the task;
 4. parent → worker: `None` (or end of file): exit.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 import os
 import reprlib
 import signal
@@ -27,11 +29,14 @@ FAILURE_KINDS = ("exception", "timeout", "non_number", "nan", "crash")
 """Ways a call can fail: it raised, ran past the deadline, returned a non-number, returned NaN or
 ±inf, or killed its worker process."""
 
-_CALLER_FILES = frozenset({__file__, os.path.join(os.path.dirname(__file__), "binding.py")})
+_CALLER_FILES = frozenset(
+    {__file__, *(os.path.join(os.path.dirname(__file__), name) for name in ("binding.py", "foreign.py"))}
+)
 """rlpost's frames above a reward call, left out of failure tracebacks."""
 
-Task = tuple[int, str, str, dict]
-"""One call: (index of the reward function, prompt, completion, row fields)."""
+Task = tuple[int, str, list, dict]
+"""One call: (index of the reward function, prompt, completions, row fields). A per-completion reward
+gets one completion per task; a batched (TRL-style) reward gets a whole group in one call."""
 
 
 class WorkerReward(NamedTuple):
@@ -43,6 +48,10 @@ class WorkerReward(NamedTuple):
     """A registered function (sent by reference), or a `/abs/file.py:fn` / `module:fn` spec the worker loads."""
     kwargs: dict
     """The function's config kwargs."""
+    style: str = "rlpost"
+    """Calling style (rlpost, trl or verl), already resolved from `auto`."""
+    data_source: str | None = None
+    """verl: the data_source of rows without one."""
 
 
 class Outcome(NamedTuple):
@@ -66,9 +75,37 @@ def call_reward(fn: Any, prompt: str, completion: str, row: dict) -> Outcome:
     return classify(value)
 
 
+def call_task(bound: Any, prompt: str, completions: list, row: dict) -> list[Outcome]:
+    """One outcome per completion: a batched reward is called once for all of them, and its failure
+    is the failure of each; a per-completion reward is called once per completion."""
+    if not getattr(bound, "batched", False):
+        return [call_reward(bound, prompt, completion, row) for completion in completions]
+    try:
+        values = bound(prompt, completions, row)
+    except BaseException as exc:
+        return [Outcome("exception", math.nan, format_exception(exc))] * len(completions)
+    return classify_batch(values, len(completions))
+
+
+def classify_batch(values: Any, count: int) -> list[Outcome]:
+    """The scores of a batched call: a sequence of `count` entries, each classified; None (TRL: the
+    reward does not apply to this completion) scores 0, as in TRL's sum over reward functions."""
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(type(values), "__len__"):
+        failure = Outcome("non_number", math.nan, f"returned {type(values).__name__} {reprlib.repr(values)}, "
+                          f"not a list of {count} scores")
+        return [failure] * count
+    if len(values) != count:
+        failure = Outcome("non_number", math.nan, f"returned {len(values)} scores for {count} completions")
+        return [failure] * count
+    return [Outcome("ok", 0.0) if value is None else classify(value) for value in values]
+
+
 def classify(value: Any) -> Outcome:
     """Real numbers (bool included: True is 1.0) and objects with `__float__` (numpy scalars,
     one-element tensors) are scores; anything else, numeric strings and None included, is not."""
+    if isinstance(value, Mapping):
+        return Outcome("non_number", math.nan, f"returned dict {reprlib.repr(value)}, with no 'score' key (only "
+                       "a verl-style function may return a dict, with the score under 'score')")
     if not (isinstance(value, numbers.Real) or (hasattr(type(value), "__float__") and not isinstance(value, str))):
         return Outcome("non_number", math.nan, f"returned {type(value).__name__} {reprlib.repr(value)}")
     try:
@@ -99,7 +136,7 @@ def _load(rewards: list[WorkerReward]) -> list[Any]:
         warmup = getattr(fn, "warmup", None)
         if callable(warmup):  # outside any call's deadline: imports, model loading, caches
             warmup()
-        bound.append(bind_reward(fn, reward.name, reward.kwargs))
+        bound.append(bind_reward(fn, reward.name, reward.kwargs, reward.style, reward.data_source))
     return bound
 
 
@@ -118,8 +155,8 @@ def serve(conn: Connection) -> None:
             return
         if tasks is None:
             return
-        for reward_index, prompt, completion, row in tasks:
-            conn.send(call_reward(bound[reward_index], prompt, completion, row))
+        for reward_index, prompt, completions, row in tasks:
+            conn.send(call_task(bound[reward_index], prompt, completions, row))
 
 
 def _exit_with_parent(parent: int) -> None:
