@@ -31,13 +31,32 @@ in separate worker processes (spawned, not forked): each process imports the fil
 module-level state is per process, and the function must not rely on the trainer's globals.
 See `examples/custom_reward.py`.
 
+Rewards written for TRL or verl
+-------------------------------
+
+Functions written for other frameworks run unchanged; `reward.functions[].style` says how to call
+them (`auto`, the default, detects it: a `solution_str` parameter means verl, `completions` TRL):
+
+- `trl`: `fn(completions, prompts=..., **dataset_columns) -> list[float]`, as for TRL's
+  GRPOTrainer, once per group, everything by keyword and as lists with one entry per completion
+  (`completions`, `prompts`, and every row field repeated; config `kwargs` stay plain values). None
+  in the result means "does not apply" and scores 0. The call may take `reward.timeout_seconds` per
+  completion of the group; if it raises, times out, dies or returns the wrong number of scores,
+  every completion of the group fails.
+- `verl`: `compute_score(data_source, solution_str, ground_truth, extra_info)` by keyword, once per
+  completion: `data_source` is the row's field or the entry's `data_source`, `solution_str` the
+  completion, `ground_truth` the row's `answer`, `extra_info` the row. It returns a number or a dict
+  with the number under `score`.
+
+See `examples/trl_style_reward.py` and `examples/verl_style_reward.py`.
+
 Built-in rewards: `math_verify` (1.0 when math-verify finds the gold `answer` in the completion,
 boxed or not) and `boxed_format` (1.0 when the completion has a non-empty `\\boxed{...}`).
 More can be registered by name with `@register_reward("name")`; a new built-in is one module of
 `rlpost.rewards.builtin`.
 """
 
-from rlpost.rewards.binding import SIGNATURE, bind_reward
+from rlpost.rewards.binding import SIGNATURE, STYLES, bind_reward, check_call
 from rlpost.rewards.builtin import boxed_format_reward, math_verify_reward
 from rlpost.rewards.errors import RewardFunctionError, RewardWorkerError
 from rlpost.rewards.registry import REWARDS, get_reward_fn, register_reward, reward_names
@@ -47,11 +66,13 @@ __all__ = [
     "FAILURE_KINDS",
     "REWARDS",
     "SIGNATURE",
+    "STYLES",
     "RewardFunctionError",
     "RewardManager",
     "RewardWorkerError",
     "bind_reward",
     "boxed_format_reward",
+    "check_call",
     "get_reward_fn",
     "math_verify_reward",
     "register_reward",

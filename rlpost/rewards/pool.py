@@ -1,13 +1,21 @@
 """Reward worker processes that run calls in batches, with a deadline per call.
 
-Why not `concurrent.futures.ProcessPoolExecutor`: it cannot stop a call that hangs, and a worker
-that dies breaks the whole pool. Here every worker is its own process with its own socket. The
-parent sends a worker a chunk of calls in one message and the worker answers each call as soon as
-it finishes, so the parent always knows which call is running; that call's deadline runs from the
-previous answer (or the dispatch), and is `timeout_seconds` per completion the call scores (a
-batched TRL-style call scores a whole group). If the deadline passes, the worker is killed and each
-completion of the call scores a timeout; if the worker dies, a crash. Either way a fresh worker takes the slot
-and the rest of the chunk goes back to the queue.
+Why not a library pool (tried with a hanging call, a call that ignores SIGTERM, one that starts a
+child process, and one that kills its worker): `concurrent.futures.ProcessPoolExecutor` and `loky`
+time out only the wait (the hung worker keeps running and blocks the next call), and a dead worker
+breaks the whole executor (every later call fails until a new one is made). `pebble.ProcessPool`
+kills a timed-out worker (SIGTERM, SIGKILL ~3 s later) and replaces it, but not what the reward
+started (a child process lives on), its workers are multiprocessing children (fork inherits the
+trainer's threads and locks; spawn re-imports `__main__`), and a timeout or crash in a chunk of
+calls (`map(chunksize=...)`) loses the whole chunk (pebble issue #132).
+
+Here every worker is its own process group with its own socket. The parent sends a worker a chunk
+of calls in one message and the worker answers each call as soon as it finishes, so the parent
+always knows which call is running; that call's deadline runs from the previous answer (or the
+dispatch), and is `timeout_seconds` per completion the call scores (a batched TRL-style call scores
+a whole group). If the deadline passes, the worker is killed and each completion of the call scores
+a timeout; if the worker dies, a crash. Either way a fresh worker takes the slot and the rest of
+the chunk goes back to the queue.
 
 Workers are fresh interpreters (`subprocess`, like the `spawn` start method: no torch threads or
 locks inherited from the trainer) that, unlike `spawn`, do not re-import the parent's `__main__`

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlpost.config.schema import RewardConfig, RewardFunctionConfig
-from rlpost.rewards import FAILURE_KINDS, RewardFunctionError, RewardManager, bind_reward, get_reward_fn
-from rlpost.rewards.binding import check_call
+from rlpost.rewards import FAILURE_KINDS, RewardFunctionError, RewardManager, bind_reward, check_call, get_reward_fn
 from rlpost.types import Completion, Group, Prompt
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
