@@ -21,11 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class UsageError(ValueError):
-    """A command-line argument is out of range; the message names the option."""
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from rlpost.api import UsageError
     from rlpost.config.errors import ConfigError
     from rlpost.data import DatasetError
     from rlpost.io.checkpoint import CheckpointError
@@ -47,41 +44,12 @@ def _override_given_as_config(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from rlpost.api import summary_line, train_config
     from rlpost.config import load_config
-    from rlpost.preflight import preflight
 
     config = load_config(args.config, args.overrides)
-    preflight(config)  # before the output folder exists: a mistake leaves nothing behind
-    created = _missing_folders(Path(config.train.output_dir))
-    try:
-        from rlpost.loop import train
-
-        metrics = train(config)  # in-process, or Ray actors when cluster.runtime = ray
-    except BaseException:
-        _remove_if_empty(created)
-        raise
-    summary = {key: metrics[key] for key in ("reward/mean", "train/accuracy", "eval/accuracy", "eval/boxed_rate") if key in metrics}
-    print(json.dumps({"output_dir": config.train.output_dir, **summary}))
+    print(summary_line(config, train_config(config)))
     return 0
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """`folder` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    for path in [folder, *folder.parents]:
-        if path.exists():
-            break
-        missing.append(path)
-    return missing
-
-
-def _remove_if_empty(folders: list[Path]) -> None:
-    """Remove the folders a failed run created, if it left them empty (rmdir never deletes a file)."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -93,9 +61,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from rlpost.config import dump_config, load_config
+    from rlpost.config import load_config
+    from rlpost.io.config_reference import annotated_yaml
 
-    print(dump_config(load_config(args.config, args.overrides)), end="")
+    print(annotated_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_config_fields(args: argparse.Namespace) -> int:
+    from rlpost.io.config_reference import render_fields
+
+    print(render_fields(args.section, args.format), end="")
     return 0
 
 
@@ -106,61 +82,18 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_eval_args(args: argparse.Namespace) -> None:
-    """Argument mistakes are named before the model, the data or the reward workers load."""
-    minimum = {"--samples": (args.samples, 1), "--max-new-tokens": (args.max_new_tokens, 1), "--limit": (args.limit, 1)}
-    for option, (value, least) in minimum.items():
-        if value is not None and value < least:
-            raise UsageError(f"eval {option} = {value}: must be at least {least}")
-    if args.temperature < 0:
-        raise UsageError(f"eval --temperature = {args.temperature}: must be at least 0")
-    if args.out and not Path(args.out).parent.is_dir():
-        raise UsageError(f"eval --out {args.out}: folder {Path(args.out).parent} does not exist")
-
-
-def _eval_prompts(args: argparse.Namespace, model_path: str) -> list:
-    from rlpost.config import load_config
-    from rlpost.config.schema import DataConfig
-    from rlpost.data import build_prompts, load_rows
-    from rlpost.trainer import load_tokenizer
-
-    # Prompt format (system prompt, template, chat template) from a training config, if given.
-    base = load_config(args.config).data if args.config else DataConfig()
-    data_config = base.model_copy(
-        update={"train": args.data, "test": None, "question_field": args.question_field,
-                "answer_field": args.answer_field, "solution_field": None, "split": args.split}
-    )
-    rows = load_rows(args.data, args.split, data_config=data_config)[: args.limit]
-    return build_prompts(rows, load_tokenizer(model_path), data_config).prompts
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rlpost.config.schema import RolloutConfig
-    from rlpost.evaluation import EVAL_REWARDS, evaluate
-    from rlpost.models import check_model_folder, resolve_model
-    from rlpost.rewards.manager import RewardManager
-    from rlpost.rollout import build_engine
+    from rlpost.api import check_eval_settings, evaluate
 
-    _check_eval_args(args)
-    model_path = resolve_model(args.model)
-    if Path(model_path).is_dir():
-        check_model_folder(Path(model_path), tokenizer=True)
-    prompts = _eval_prompts(args, model_path)
-    engine = build_engine(RolloutConfig(engine=args.engine, dtype=args.dtype), model_path, seed=args.seed)
-    try:
-        with RewardManager(EVAL_REWARDS) as rewards:
-            result = evaluate(
-                engine, prompts, rewards, samples=args.samples, max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, seed=args.seed,
-            )
-    finally:
-        engine.close()
-    summary = {"problems": len(prompts), "pass@1": result.pass_at_1, "boxed_rate": result.boxed_rate}
-    if args.samples > 1:
-        summary[f"pass@{args.samples}"] = result.pass_at_k
-    print(json.dumps(summary))
-    if args.out:
-        Path(args.out).write_text(json.dumps({**summary, "result": result.to_json()}, indent=1))
+    # Named as the options are, before the model, the data or the reward workers load.
+    check_eval_settings(vars(args), lambda key: f"eval --{key.replace('_', '-')}")
+    summary = evaluate(
+        args.model, args.data, split=args.split, config=args.config, samples=args.samples,
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, limit=args.limit,
+        question_field=args.question_field, answer_field=args.answer_field, engine=args.engine,
+        dtype=args.dtype, seed=args.seed, out=args.out, log_level=args.log_level.upper(),
+    )
+    print(json.dumps({key: value for key, value in summary.items() if key != "result"}))
     return 0
 
 
@@ -177,6 +110,19 @@ def cmd_checkpoint_verify(args: argparse.Namespace) -> int:
     manifest = verify_checkpoint(Path(args.folder))
     print(f"ok: step {manifest['step']}, {len(manifest['files'])} files verified")
     return 0
+
+
+def _add_config_commands(commands: argparse._SubParsersAction) -> None:
+    config = commands.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
+    show = config.add_parser("show", help="print the resolved config; `# default: ...` marks each changed value")
+    show.add_argument("config", nargs="?")
+    show.add_argument("overrides", nargs="*")
+    show.set_defaults(run=cmd_config_show)
+    fields = config.add_parser("fields", help="every setting with its type, default and description")
+    fields.add_argument("section", nargs="?", help="a section, e.g. rollout or objective.dapo (default: all)")
+    fields.add_argument("--format", choices=["text", "markdown"], default="text",
+                        help="markdown: the config reference of docs/config.md")
+    fields.set_defaults(run=cmd_config_fields)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,11 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("overrides", nargs="*", help="dotted overrides, as for train")
     validate.set_defaults(run=cmd_validate)
 
-    config = commands.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
-    show = config.add_parser("show", help="print the resolved config")
-    show.add_argument("config", nargs="?")
-    show.add_argument("overrides", nargs="*")
-    show.set_defaults(run=cmd_config_show)
+    _add_config_commands(commands)
 
     model = commands.add_parser("model", help="models").add_subparsers(dest="action", required=True)
     fetch = model.add_parser("fetch", help="fetch a built-in model into a Hugging Face folder")
