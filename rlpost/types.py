@@ -33,7 +33,8 @@ class Completion:
     text: str
     """Detokenised completion (special tokens skipped)."""
     logprobs: list[float]
-    """Behaviour log-probability of each generated token under the sampling policy (raw, before temperature)."""
+    """Behaviour log-probability of each generated token under the distribution sampled from (after
+    temperature, top-k and top-p), which the learner recomputes the same way."""
     finish_reason: str
     """`"stop"` (end-of-sequence or stop string) or `"length"` (hit the token limit)."""
     policy_version: int = 0

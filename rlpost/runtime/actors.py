@@ -6,6 +6,7 @@ Each sets its environment (threads, DeepSpeed accelerator) before importing torc
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -19,11 +20,13 @@ EngineFactory = Callable[[Any, str, int, int], Any]
 """(rollout_config, model_path, seed, worker_index) -> RolloutEngine; default: `rlpost.rollout.build_engine`."""
 
 
-def default_engine_factory(rollout_config: Any, model_path: str, seed: int, worker_index: int) -> Any:
+def default_engine_factory(rollout_config: Any, model_path: str, seed: int, worker_index: int,
+                           sleep_mode: bool = False) -> Any:
+    """`sleep_mode`: the engine shares its GPU with a learner rank (colocated placement)."""
     del worker_index
     from rlpost.rollout import build_engine
 
-    return build_engine(rollout_config, model_path, seed=seed)
+    return build_engine(rollout_config, model_path, seed=seed, sleep_mode=sleep_mode)
 
 
 def _actor_environment(threads: int | None, device: str) -> None:
@@ -66,7 +69,9 @@ class RolloutWorker:
         self.index = index
         self.config = config
         self.model_path = model_path
-        self.engine = (engine_factory or default_engine_factory)(config.rollout, model_path, seed, index)
+        sleep_mode = config.cluster.placement == "colocated" and device == "cuda"
+        factory = engine_factory or functools.partial(default_engine_factory, sleep_mode=sleep_mode)
+        self.engine = factory(config.rollout, model_path, seed, index)
         self.version = int(getattr(self.engine, "policy_version", 0))
         self.broadcast = None
         self.eval_rewards = None
@@ -119,20 +124,18 @@ class RolloutWorker:
 
     # ---- colocated placement on GPUs (vLLM sleep mode; not tested on this machine)
     def release_memory(self) -> bool:
-        llm = getattr(self.engine, "llm", None)
-        import torch
-
-        if llm is None or not torch.cuda.is_available() or not hasattr(llm, "sleep") or self.asleep:
+        """Free the engine's GPU memory while the learner trains (an engine without sleep mode ignores it)."""
+        sleep = getattr(self.engine, "sleep", None)
+        if sleep is None or self.asleep:
             return False
-        llm.sleep(level=1)
+        sleep(level=1)
         self.asleep = True
         return True
 
     def restore_memory(self) -> bool:
-        llm = getattr(self.engine, "llm", None)
-        if not self.asleep or llm is None:
+        if not self.asleep:
             return False
-        llm.wake_up()
+        self.engine.wake_up()
         self.asleep = False
         return True
 
