@@ -62,9 +62,8 @@ def _config(model_path, output_dir, runtime: str, *overrides: str):
     )
 
 
-def _train(model_path, output_dir, runtime: str, *overrides: str) -> list[dict]:
+def _train(model_path, output_dir, runtime: str, *overrides: str) -> None:
     TrainingRun(_config(model_path, output_dir, runtime, *overrides)).fit()
-    return read_metrics(output_dir)
 
 
 def _comparable(record: dict) -> dict:
@@ -97,28 +96,44 @@ def _assert_same_checkpoint(local_dir, remote_dir) -> None:
         assert (remote_weights[name] - tensor).abs().max() <= TOLERANCE, name
 
 
+@pytest.fixture(scope="module")
+def run_pairs(model_path, tmp_path_factory, ray_session):
+    """method -> (local run folder, Ray run folder), each trained once for the whole module."""
+    trained: dict[str, tuple] = {}
+
+    def pair(method: str):
+        if method not in trained:
+            root = tmp_path_factory.mktemp(method)
+            for runtime in ("local", "ray"):
+                _train(model_path, root / runtime, runtime, *METHODS[method])
+            trained[method] = (root / "local", root / "ray")
+        return trained[method]
+
+    return pair
+
+
 @pytest.mark.parametrize("method", list(METHODS))
-def test_local_and_ray_runs_match(method, model_path, tmp_path, ray_session):
-    overrides = METHODS[method]
-    local = _train(model_path, tmp_path / "local", "local", *overrides)
-    remote = _train(model_path, tmp_path / "ray", "ray", *overrides)
+def test_local_and_ray_runs_match(method, run_pairs):
+    local_dir, ray_dir = run_pairs(method)
+    local, remote = read_metrics(local_dir), read_metrics(ray_dir)
     assert len(local) == STEPS
     _assert_same_metrics(local, remote)
-    _assert_same_checkpoint(tmp_path / "local", tmp_path / "ray")
+    _assert_same_checkpoint(local_dir, ray_dir)
     if method == "dapo":
         assert any(record["train/num_gen_batches"] > 1 for record in local), "the filter never asked for another round"
+    if method != "grpo":  # 1.6 GB of checkpoint each; GRPO's are resumed below
+        shutil.rmtree(local_dir.parent)
 
 
-def test_checkpoints_resume_across_runtimes(model_path, tmp_path, ray_session):
-    """Two steps locally then one on Ray, and two on Ray then one locally: the same third step."""
-    _train(model_path, tmp_path / "local_first", "local")
-    _train(model_path, tmp_path / "ray_first", "ray")
+def test_checkpoints_resume_across_runtimes(model_path, run_pairs, tmp_path):
+    """GRPO's two local steps then one on Ray, and its two Ray steps then one locally: the same third step."""
     continued = {}
-    for first, then in (("local_first", "ray"), ("ray_first", "local")):
-        run = TrainingRun(_config(model_path, tmp_path / first, then, "train.steps=3", "train.resume=auto"))
+    for source, then in zip(run_pairs("grpo"), ("ray", "local"), strict=True):
+        folder = tmp_path / f"{source.name}_then_{then}"
+        shutil.copytree(source, folder)
+        run = TrainingRun(_config(model_path, folder, then, "train.steps=3", "train.resume=auto"))
         run.fit()
         assert run.start_step == STEPS
-        continued[first] = read_metrics(tmp_path / first)
-        assert [r["step"] for r in continued[first]] == [1, 2, 3]
-    _assert_same_metrics(continued["local_first"][-1:], continued["ray_first"][-1:])
-    shutil.rmtree(tmp_path)
+        continued[then] = read_metrics(folder)
+        assert [r["step"] for r in continued[then]] == [1, 2, 3]
+    _assert_same_metrics(continued["ray"][-1:], continued["local"][-1:])
