@@ -10,12 +10,39 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlpost.loop.setup import round_seed
 from rlpost.rollout.common import derive_seed
-from rlpost.runtime.buffer import BatchState, UnitResult, WorkUnit, plannable
+from rlpost.runtime.buffer import WorkUnit, plannable
 from rlpost.runtime.executor import Generated
+from rlpost.types import Group
+
+
+@dataclass
+class BatchState:
+    """Everything generated so far for one training batch."""
+
+    batch_index: int
+    group_filter: Any = None
+    """A DAPO-style collector (`ready`, `round_size`, `add_groups`, `take`) or None."""
+    rounds: list[dict[int, Generated | None]] = field(default_factory=list)
+    """Per round: unit position -> its scored unit (None while generating)."""
+    sampler_metrics: list[dict[str, float]] = field(default_factory=list)
+    reward_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    """(completions, metrics) of every scored unit."""
+    groups: list[Group] = field(default_factory=list)
+    """Groups accepted so far, in round and unit order."""
+    filter_metrics: dict[str, float] = field(default_factory=dict)
+    complete: bool = False
+
+    def round_done(self) -> bool:
+        return bool(self.rounds) and all(result is not None for result in self.rounds[-1].values())
+
+    def round_results(self) -> list[Generated]:
+        last = self.rounds[-1]
+        return [last[position] for position in sorted(last)]  # type: ignore[misc]
 
 
 class BatchPlanner:
@@ -75,9 +102,7 @@ class BatchPlanner:
         """Record a scored unit; the next round's units when its round finished without enough groups."""
         unit = event.unit
         batch = self.batches[unit.batch_index]
-        result = UnitResult(unit=unit, groups=event.groups, engine_version=event.engine_version, worker=0,
-                            generate_seconds=event.rollout_seconds, reward_metrics=event.reward_metrics)
-        batch.rounds[unit.round_index][unit.position] = result
+        batch.rounds[unit.round_index][unit.position] = event
         if unit.round_index != len(batch.rounds) - 1 or not batch.round_done():
             return []
         results = batch.round_results()

@@ -21,8 +21,7 @@ and the weight sync, and nothing overlaps. The same loop runs both.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from rlpost.types import Group, Prompt
 
@@ -62,43 +61,6 @@ class WorkUnit:
     @property
     def num_completions(self) -> int:
         return sum(self.n_per_prompt)
-
-
-@dataclass
-class UnitResult:
-    """A finished generation request, scored."""
-
-    unit: WorkUnit
-    groups: list[Group]
-    engine_version: int
-    worker: int
-    generate_seconds: float
-    reward_metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class BatchState:
-    """Everything generated so far for one training batch."""
-
-    batch_index: int
-    group_filter: Any = None
-    """A DAPO-style collector (`ready`, `round_size`, `add_groups`, `take`) or None."""
-    rounds: list[dict[int, UnitResult | None]] = field(default_factory=list)
-    """Per round: unit position -> result (None while generating)."""
-    sampler_metrics: list[dict[str, float]] = field(default_factory=list)
-    reward_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    """(completions, metrics) of every scored unit."""
-    groups: list[Group] = field(default_factory=list)
-    """Groups accepted so far, in round and unit order."""
-    filter_metrics: dict[str, float] = field(default_factory=dict)
-    complete: bool = False
-
-    def round_done(self) -> bool:
-        return bool(self.rounds) and all(result is not None for result in self.rounds[-1].values())
-
-    def round_results(self) -> list[UnitResult]:
-        last = self.rounds[-1]
-        return [last[position] for position in sorted(last)]  # type: ignore[misc]
 
 
 class RolloutBuffer:
