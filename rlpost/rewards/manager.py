@@ -75,22 +75,33 @@ class RewardManager:
         table = _table(groups, len(self._rewards), places, self._pool.run(tasks))
         failures: Counter[str] = Counter()
         for group, outcomes in zip(groups, table):
-            scores = [
-                [self._score_of(outcome, reward, group, completion, failures)
-                 for outcome, reward in zip(row, self._rewards)]
-                for row, completion in zip(outcomes, group.completions)
-            ]
-            self._fill(group, scores)
+            self._fill(group, self._group_scores(group, outcomes, failures))
         return self._metrics(groups, failures, self._pool.restarts - restarts_before)
 
+    def _group_scores(self, group: Group, outcomes: list[list[Outcome]], failures: Counter[str]) -> list[list[Outcome]]:
+        """Outcomes by completion and reward, failures scored, counted and maybe logged."""
+        scores = []
+        previous: list[tuple[str, str] | None] = [None] * len(self._rewards)
+        for row, completion in zip(outcomes, group.completions):
+            scored = []
+            for index, (outcome, reward) in enumerate(zip(row, self._rewards)):
+                # A batched call that fails fails every completion of the group alike: log it once.
+                repeat = reward.batched and previous[index] == (outcome.kind, outcome.detail)
+                previous[index] = (outcome.kind, outcome.detail)
+                scored.append(self._score_of(outcome, reward, group, completion, failures, log=not repeat))
+            scores.append(scored)
+        return scores
+
     def _score_of(
-        self, outcome: Outcome, reward: _Reward, group: Group, completion: Completion, failures: Counter[str]
+        self, outcome: Outcome, reward: _Reward, group: Group, completion: Completion, failures: Counter[str],
+        log: bool = True,
     ) -> Outcome:
         """The outcome with a failure replaced by `failure_score` (its kind kept), counted and maybe logged."""
         if outcome.ok:
             return outcome
         failures[outcome.kind] += 1
-        self._log_failure(reward, outcome, group, completion)
+        if log:
+            self._log_failure(reward, outcome, group, completion)
         return outcome._replace(value=self.config.failure_score)
 
     def _fill(self, group: Group, scores: list[list[Outcome]]) -> None:

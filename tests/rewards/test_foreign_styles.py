@@ -171,6 +171,16 @@ def test_a_failed_trl_batch_fails_each_completion_of_its_group(trl_manager, bad,
     assert later[0].reward_components[trl] == [5.0, 0.0]  # None: does not apply, scores 0, not a failure
 
 
+def test_a_failed_trl_batch_is_logged_once(trl_manager, caplog):
+    groups = [group(["1", "raise", "2"]), group(["raise", "3"], prompt_id="p1")]
+    with caplog.at_level(logging.WARNING, logger="rlpost.rewards.manager"):
+        metrics = trl_manager.score(groups)
+    assert metrics["reward/failures/exception"] == 5.0  # each completion is counted
+    logged = [record.getMessage() for record in caplog.records if "trl_batch' failed" in record.getMessage()]
+    assert len(logged) == 2 and "on prompt p0" in logged[0] and "on prompt p1" in logged[1]
+    assert all("ValueError: boom" in message for message in logged)
+
+
 def test_verl_failures_are_scored_and_counted(trl_manager, caplog):
     groups = [group(["2", "verl no score", "verl hang", "verl raise"])]
     with caplog.at_level(logging.WARNING, logger="rlpost.rewards.manager"):
