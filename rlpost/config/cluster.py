@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from rlpost.config.base import Section
 from rlpost.objectives.registry import has_capability
 
-ISCorrection = Literal["auto", "token", "sequence", "mask", "none"]
+ISCorrection = Literal["auto", "token", "sequence", "mask", "mask_sequence", "mask_geometric", "none"]
 
 
 class ClusterConfig(Section):
@@ -74,12 +74,19 @@ class ClusterConfig(Section):
     """Policy versions a batch may lag behind the learner. 0: synchronous (generate with the newest weights,
     then train). k >= 1: workers generate batch s+1..s+k while the learner trains batch s; older groups are dropped."""
     is_correction: ISCorrection = "auto"
-    """Importance-sampling correction of the learner/behaviour log-prob gap, multiplying the per-token policy loss:
-    `token` (truncated per-token ratio), `sequence` (truncated sequence ratio), `mask` (drop tokens whose ratio
-    leaves [1/cap, cap]), `none`. `auto`: `token` when max_staleness > 0 (`none` for objectives that correct
-    themselves, registered with `corrects_off_policy`: vcpo), else `none`."""
+    """Importance-sampling correction of the learner/behaviour log-prob gap r = pi_old / mu (verl's rollout correction).
+    Truncated IS multiplies the per-token policy loss by a weight: `token` (clamp(r_t, is_floor, is_cap)),
+    `sequence` (clamp(prod_t r_t, is_floor, is_cap) on every token). Rejection removes tokens from the loss and its
+    normalisers: `mask` (tokens whose r_t leaves the band [is_floor or 1/is_cap, is_cap]), `mask_sequence`
+    (sequences whose prod_t r_t leaves it), `mask_geometric` (sequences whose geometric mean exp(mean_t log r_t)
+    leaves it; use a narrow band such as is_cap 1.001). `none`. `auto`: `token` when max_staleness > 0 (`none`
+    for objectives that correct themselves, registered with `corrects_off_policy`: vcpo), else `none`."""
     is_cap: float = Field(2.0, ge=1.0)
-    """Truncation C of the importance weight min(ratio, C) (token/sequence), or the band [1/C, C] (mask)."""
+    """Upper bound C: truncation of the importance weight min(r, C) (token/sequence), or the top of the
+    rejection band (mask modes)."""
+    is_floor: float | None = Field(None, gt=0.0, le=1.0)
+    """Lower bound: truncated IS raises weights below it to it (null: no lower bound); the rejection band's
+    bottom (null: 1 / is_cap)."""
 
     # ---- weight sync -----------------------------------------------------------------------
     sync_transport: Literal["object_store", "nccl"] = "object_store"

@@ -14,16 +14,30 @@ always wins.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import field_validator, model_validator
 
 from rlpost.config.base import Section
 from rlpost.config.plugins import known_plugin, with_plugin_sections
-from rlpost.objectives.registry import OBJECTIVES
+from rlpost.objectives.registry import OBJECTIVES, has_capability
 
-LossAggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "dr-grpo"]
-KLEstimator = Literal["k1", "k2", "k3", "k3+"]
+LossAggregation = Literal[
+    "token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "dr-grpo"
+]
+KLEstimator = Literal[
+    "k1", "k2", "k3", "abs", "kl", "mse", "low_var_kl",
+    "k1+", "k2+", "k3+", "abs+", "kl+", "mse+", "low_var_kl+",
+]  # fmt: skip
+
+LOSS_AGG_HELP = (
+    "token-mean (sum / tokens), token-sum (sum), seq-mean-token-mean (mean over sequences of each one's "
+    "token mean), seq-mean-token-sum (sum / sequences), seq-mean-token-sum-norm (sum / L_max: verl before "
+    "0.9.1) or dr-grpo (sum / (sequences * L_max)). verl 0.9.1's seq-mean-token-sum-norm divides by the "
+    "sequence count too: it is rlpost's dr-grpo, and a verl 0.9.1 config ported with seq-mean-token-sum-norm "
+    "would multiply the loss by the batch size"
+)
+"""The aggregation modes, said once for the field's documentation and the error of an unknown mode."""
 
 CLIP_HIGH_MAX = 10.0
 """Largest accepted clip_high: above it the ratio 1 + clip_high never binds in practice, which is
@@ -52,9 +66,9 @@ class ObjectiveKnobs(Section):
     kl_coef: float = 0.0
     """Weight beta of the KL-to-reference loss term; 0 means no reference model is loaded."""
     kl_estimator: KLEstimator = "k3"
-    """Per-token KL estimator: k1 (log-ratio), k2 (squared), k3 (low-variance, GRPO) or k3+ (k3 value, k2 gradient)."""
+    """Per-token KL estimator: k1 (log-ratio; verl `kl`), abs (|log-ratio|), k2 (squared; verl `mse`), k3 (low-variance, GRPO; verl `low_var_kl`); a trailing + (k1+, abs+, k3+, low_var_kl+, ...) keeps that value with k2's gradient."""
     loss_agg: LossAggregation = "token-mean"
-    """How per-token losses become one number, normalised over the whole optimizer step: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm (verl: sum / L_max) or dr-grpo (sum / (sequences * L_max))."""
+    """How per-token losses become one number, normalised over the whole optimizer step: token-mean (sum / tokens), token-sum (sum), seq-mean-token-mean, seq-mean-token-sum (sum / sequences), seq-mean-token-sum-norm (sum / L_max, verl before 0.9.1) or dr-grpo (sum / (sequences * L_max), which is verl 0.9.1's seq-mean-token-sum-norm)."""
     entropy_coef: float = 0.0
     """Weight of an entropy bonus (subtracted from the loss); 0 disables it."""
 
@@ -71,6 +85,18 @@ class ObjectiveKnobs(Section):
     @classmethod
     def _known_objective(cls, name: str) -> str:
         return known_plugin(name, OBJECTIVES)
+
+    @field_validator("loss_agg", mode="before")
+    @classmethod
+    def _known_loss_agg(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in get_args(LossAggregation):
+            raise ValueError(f"unknown loss aggregation {value!r}; use one of: {LOSS_AGG_HELP}")
+        return value
+
+    @property
+    def group_relative(self) -> bool:
+        """Whether the chosen objective's advantage is relative to its group (needs groups of >= 2)."""
+        return has_capability(self.name, "group_relative")
 
     @field_validator("clip_low")
     @classmethod

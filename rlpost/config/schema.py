@@ -351,10 +351,10 @@ class RLPostConfig(Section):
     def _consistent(self) -> RLPostConfig:
         # learner.micro_batch_size need not divide the batch: the last micro-batch is smaller and the update
         # is the same (losses are normalised over the whole step), so that combination is allowed.
-        if self.objective.normalize_adv_by_std and self.rollout.n == 1 and self.sampler.name == "uniform":
+        if self.objective.group_relative and self.rollout.n == 1 and self.sampler.name == "uniform":
             raise ValueError(
-                "rollout.n = 1 gives groups of one completion: group-normalised advantages are all zero. "
-                "Use rollout.n >= 2"
+                f"rollout.n = 1 gives groups of one completion: objective {self.objective.name}'s advantages are "
+                "relative to the group, so they are all zero. Use rollout.n >= 2"
             )
         if self.blending.name != "none" and self.learner.updates_per_batch != 1:
             raise ValueError(

@@ -151,6 +151,12 @@ class Objective:
         """
         raise NotImplementedError
 
+    def loss_mask(self, old_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The step's mask [N, T] that `StepScale` is counted from: `mask` itself (default), or without
+        the tokens an off-policy rejection removes (`rlpost.runtime.correction`), so they leave the normalisers."""
+        del old_logp, behaviour_logp
+        return mask
+
     def lr_scale(self, step_inputs: dict[str, torch.Tensor]) -> tuple[float, Metrics]:
         """Multiplier of the learning rate for this optimizer step only (VCPO). Default 1."""
         return 1.0, {}

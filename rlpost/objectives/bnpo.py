@@ -134,7 +134,8 @@ class BnpoConfig(Section):
 
 # §4.4 (BNPO run.sh).
 @OBJECTIVES.register(
-    "bnpo", config=BnpoConfig, defaults={"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "loss_agg": "seq-mean-token-sum"}
+    "bnpo", config=BnpoConfig, defaults={"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "loss_agg": "seq-mean-token-sum"},
+    group_relative=True,
 )
 class BNPO(GRPO):
     name = "bnpo"

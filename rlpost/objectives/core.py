@@ -228,25 +228,45 @@ def policy_loss_per_token(
 # KL to the reference policy (§0.2)
 
 
+KL_ALIASES = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}
+"""verl's names of the estimators (`kl_loss_type`), accepted as synonyms."""
+
+
+def kl_estimator_base(estimator: str) -> tuple[str, bool]:
+    """(canonical estimator k1|k2|k3|abs, straight-through?) of a name such as `low_var_kl+`."""
+    straight_through = estimator.endswith("+")
+    base = estimator[:-1] if straight_through else estimator
+    return KL_ALIASES.get(base, base), straight_through
+
+
+def kl_forward(logp: torch.Tensor, ref_logp: torch.Tensor, base: str) -> torch.Tensor:
+    """Value (and own gradient) of one canonical estimator, [N, T]; see `kl_penalty`."""
+    if base == "k1":
+        return logp - ref_logp
+    if base == "abs":
+        return (logp - ref_logp).abs()
+    if base == "k2":
+        return 0.5 * (logp - ref_logp) ** 2
+    if base == "k3":
+        d = torch.clamp(ref_logp - logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        return torch.clamp(torch.exp(d) - d - 1.0, -K3_CLAMP, K3_CLAMP)
+    raise ValueError(f"unknown KL estimator {base!r}")
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
     """Per-token KL(π_θ || π_ref) estimate, [N, T] (ALGORITHMS §0.2, verl kl_penalty).
 
-    k1 = logp - ref_logp; k2 = ½(logp - ref_logp)²; k3 = e^d - d - 1 with d = ref_logp - logp,
-    d clamped to ±20 and k3 to ±10; k3+ has k3's value and k2's gradient (straight-through),
+    k1 (kl) = logp - ref_logp; abs = |k1|; k2 (mse) = ½(logp - ref_logp)²; k3 (low_var_kl) =
+    e^d - d - 1 with d = ref_logp - logp, d clamped to ±20 and k3 to ±10. A trailing `+` (k1+,
+    abs+, k3+, ...) keeps the named estimator's value with k2's gradient (straight-through),
     because k2's expected gradient is the true KL gradient while k1's and k3's are not.
     """
-    if estimator == "k1":
-        return logp - ref_logp
-    if estimator == "k2":
-        return 0.5 * (logp - ref_logp) ** 2
-    d = torch.clamp(ref_logp - logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    k3 = torch.clamp(torch.exp(d) - d - 1.0, -K3_CLAMP, K3_CLAMP)
-    if estimator == "k3":
-        return k3
-    if estimator == "k3+":
-        k2 = 0.5 * (logp - ref_logp) ** 2
-        return k2 - k2.detach() + k3.detach()
-    raise ValueError(f"unknown KL estimator {estimator!r}")
+    base, straight_through = kl_estimator_base(estimator)
+    forward = kl_forward(logp, ref_logp, base)
+    if not straight_through or base == "k2":
+        return forward
+    k2 = 0.5 * (logp - ref_logp) ** 2
+    return k2 - k2.detach() + forward.detach()
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,10 +278,12 @@ def aggregate_loss(loss_tok: torch.Tensor, mask: torch.Tensor, mode: LossAggrega
     the full-batch loss (and gradients), whatever the split. loss_tok, mask [N, T] -> scalar.
 
     token-mean:              Σ ℓ·M / tokens_step                             (DAPO; verl default)
+    token-sum:               Σ ℓ·M, no normaliser (verl token-sum)
     seq-mean-token-mean:     Σ_i (Σ_t ℓ·M / |o_i|) / sequences_step           (original GRPO)
     seq-mean-token-sum:      Σ ℓ·M / sequences_step                           (BNPO script)
-    seq-mean-token-sum-norm: Σ ℓ·M / L_max, no division by the sequence count (verl's "Dr.GRPO" mode)
-    dr-grpo:                 Σ ℓ·M / (sequences_step · L_max)                 (Dr.GRPO reference/oat, TRL)
+    seq-mean-token-sum-norm: Σ ℓ·M / L_max, no division by the sequence count (verl < 0.9.1)
+    dr-grpo:                 Σ ℓ·M / (sequences_step · L_max)  (Dr.GRPO reference/oat, TRL, and
+                             verl 0.9.1's seq-mean-token-sum-norm)
     Empty rows contribute 0; an empty step gives 0, not NaN (normalisers are clamped to >= 1).
     """
     tokens = max(scale.tokens, 1)
@@ -269,6 +291,8 @@ def aggregate_loss(loss_tok: torch.Tensor, mask: torch.Tensor, mode: LossAggrega
     max_len = max(scale.max_response_length, 1)
     if mode == "token-mean":
         return masked_sum(loss_tok, mask) / tokens
+    if mode == "token-sum":
+        return masked_sum(loss_tok, mask)
     if mode == "seq-mean-token-mean":
         return sequence_token_means(loss_tok, mask).sum() / sequences
     if mode == "seq-mean-token-sum":
@@ -304,19 +328,26 @@ def sequence_share(per_sequence: torch.Tensor, mask: torch.Tensor, scale: StepSc
     return float(per_sequence.detach().to(torch.float64)[valid].sum() / max(scale.sequences, 1))
 
 
+def ppo_kl_share(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, scale: StepScale) -> float:
+    """Additive share of actor/ppo_kl = mean(-clamp(logp - old_logp, ±20)) (verl's clamp of the loss)."""
+    log_ratio = torch.clamp(logp.detach() - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return token_share(-log_ratio, mask, scale)
+
+
 def policy_metrics(terms: PolicyLossTerms, logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, scale: StepScale) -> Metrics:
     """Clip fractions and ppo_kl (§0.1), as additive token-mean shares of the step.
 
     actor/pg_clipfrac: clipped term active (verl); actor/pg_clipfrac_lower: dual-clip bound active
     (verl's name, §0.1); actor/pg_clipfrac_high / _low: split of pg_clipfrac by which ratio bound
-    (useful to watch clip-higher); actor/ppo_kl: mean(old_logp - logp).
+    (useful to watch clip-higher); actor/ppo_kl: mean(old_logp - logp), the log-ratio clamped
+    to ±20 as in the loss (verl), so one diverged token cannot dominate it.
     """
     return {
         "actor/pg_clipfrac": token_share(terms.clipped, mask, scale),
         "actor/pg_clipfrac_high": token_share(terms.clipped_upper, mask, scale),
         "actor/pg_clipfrac_low": token_share(terms.clipped_lower, mask, scale),
         "actor/pg_clipfrac_lower": token_share(terms.dual_clipped, mask, scale),
-        "actor/ppo_kl": token_share(old_logp - logp, mask, scale),
+        "actor/ppo_kl": ppo_kl_share(logp, old_logp, mask, scale),
         "actor/ratio_mean": token_share(terms.ratio, mask, scale),
     }
 

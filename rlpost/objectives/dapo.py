@@ -83,7 +83,8 @@ class DapoConfig(Section):
 
 # §2.3 (verl DAPO recipe): clip-higher, dual clip 10, token-level loss.
 @OBJECTIVES.register(
-    "dapo", config=DapoConfig, defaults={"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "loss_agg": "token-mean"}
+    "dapo", config=DapoConfig, defaults={"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "loss_agg": "token-mean"},
+    group_relative=True,
 )
 class DAPO(GRPO):
     name = "dapo"

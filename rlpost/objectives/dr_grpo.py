@@ -24,7 +24,9 @@ class DrGrpoConfig(Section):
 
 
 # ALGORITHMS §1.3: no std, Σ/(B·L_max), no KL.
-@OBJECTIVES.register("dr_grpo", config=DrGrpoConfig, defaults={"normalize_adv_by_std": False, "loss_agg": "dr-grpo"})
+@OBJECTIVES.register(
+    "dr_grpo", config=DrGrpoConfig, defaults={"normalize_adv_by_std": False, "loss_agg": "dr-grpo"}, group_relative=True
+)
 class DrGRPO(GRPO):
     name = "dr_grpo"
 

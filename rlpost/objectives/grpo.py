@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # see rlpost.objectives.base
     from rlpost.config.objective import LossAggregation, ObjectiveConfig
 
 
-@OBJECTIVES.register("grpo")
+@OBJECTIVES.register("grpo", group_relative=True)
 class GRPO(Objective):
     """A_i = (r_i - mean_g)/(std_g + eps); loss = clipped surrogate + kl_coef·KL - entropy_coef·H."""
 

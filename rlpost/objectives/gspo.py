@@ -6,7 +6,8 @@ clipped sequence contributes no gradient at all. The GSPO-token form
 s_{i,t} = sg(s_i)·π_θ(o_t)/sg(π_θ(o_t)) has GSPO's value and gradient for a per-sequence
 advantage and also admits per-token advantages.
 
-As in verl: log s_i is clamped above at `gspo.log_ratio_max`, there is no dual clip, and the
+As in verl: the token log-ratio log s_{i,t} is clamped above at `gspo.log_ratio_max`, gradient
+included (a sequence beyond it contributes no gradient), there is no dual clip, and the
 method defaults are clip 3e-4/4e-4 with seq-mean-token-mean (tiny ranges because s_i is a
 geometric mean). Unlike verl, the aggregation follows `objective.loss_agg` if it is set explicitly.
 """
@@ -20,6 +21,7 @@ from rlpost.objectives.base import LossInputs, Metrics, StepScale
 from rlpost.objectives.core import (
     PolicyLossTerms,
     policy_loss_per_token,
+    ppo_kl_share,
     sequence_share,
     sequence_token_means,
     token_share,
@@ -48,10 +50,14 @@ def gspo_token_policy_terms(
 
     The token ratio log s_{i,t} = sg(log s_i) + logp - sg(logp) is obtained by handing the core
     surrogate the reference point old' = sg(logp) - sg(log s_i), so the clamp, clip and metrics
-    stay those of `policy_loss_per_token`.
+    stay those of `policy_loss_per_token`. As verl clamps the whole log s_{i,t} (gradient path
+    included) at log_ratio_max, a sequence whose log s_i exceeds it gets zero gradient: its logp
+    enters detached. (Below -20 the core clamp also zeroes it; verl keeps a gradient of e^-20.)
     """
-    log_s = sequence_log_ratio(logp, old_logp, mask, log_ratio_max).detach()
-    reference = logp.detach() - log_s.unsqueeze(-1)
+    log_s = sequence_token_means(logp.detach() - old_logp, mask)
+    over = (log_s > log_ratio_max).unsqueeze(-1)
+    reference = logp.detach() - torch.clamp(log_s, max=log_ratio_max).unsqueeze(-1)
+    logp = torch.where(over, logp.detach(), logp)
     return policy_loss_per_token(
         logp, reference, advantages, clip_low=clip_low, clip_high=clip_high, clip_c=None, clip_enabled=clip_enabled
     )
@@ -66,7 +72,8 @@ class GspoConfig(Section):
 
 # §3: tiny ranges because the sequence ratio is a geometric mean; verl forces seq-mean-token-mean.
 @OBJECTIVES.register(
-    "gspo", config=GspoConfig, defaults={"clip_low": 3e-4, "clip_high": 4e-4, "clip_c": None, "loss_agg": "seq-mean-token-mean"}
+    "gspo", config=GspoConfig, defaults={"clip_low": 3e-4, "clip_high": 4e-4, "clip_c": None, "loss_agg": "seq-mean-token-mean"},
+    group_relative=True,
 )
 class GSPO(GRPO):
     name = "gspo"
@@ -85,7 +92,9 @@ class GSPO(GRPO):
         )
 
     def clip_metrics(self, terms: PolicyLossTerms, inputs: LossInputs, scale: StepScale) -> Metrics:
-        """Sequence-level clip fraction and |log s_i| moments (additive shares over valid sequences).
+        """Sequence-level clip fraction (each sequence's clipped-token fraction, averaged over sequences),
+        verl's token-level one (`actor/pg_clipfrac_token`, clipped tokens / tokens), and the |log s_i|
+        moments (additive shares over valid sequences).
         The std of |log s| is sqrt(abs_log_ratio_sq_mean - abs_log_ratio_mean²) of the summed shares."""
         mask = inputs.mask
         abs_log_s = sequence_log_ratio(inputs.logp.detach(), inputs.old_logp, mask, self.config.gspo.log_ratio_max).abs()
@@ -93,7 +102,8 @@ class GSPO(GRPO):
             "actor/pg_clipfrac": sequence_share(sequence_token_means(terms.clipped.double(), mask), mask, scale),
             "actor/pg_clipfrac_high": sequence_share(sequence_token_means(terms.clipped_upper.double(), mask), mask, scale),
             "actor/pg_clipfrac_low": sequence_share(sequence_token_means(terms.clipped_lower.double(), mask), mask, scale),
-            "actor/ppo_kl": token_share(inputs.old_logp - inputs.logp, mask, scale),
+            "actor/pg_clipfrac_token": token_share(terms.clipped, mask, scale),
+            "actor/ppo_kl": ppo_kl_share(inputs.logp, inputs.old_logp, mask, scale),
             "gspo/abs_log_ratio_mean": sequence_share(abs_log_s, mask, scale),
             "gspo/abs_log_ratio_sq_mean": sequence_share(abs_log_s**2, mask, scale),
         }

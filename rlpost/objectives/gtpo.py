@@ -167,7 +167,8 @@ class GtpoConfig(Section):
 
 # §5.2: no std, no clipping (single on-policy step); per-completion token mean.
 @OBJECTIVES.register(
-    "gtpo", config=GtpoConfig, defaults={"normalize_adv_by_std": False, "clip": False, "loss_agg": "seq-mean-token-mean"}
+    "gtpo", config=GtpoConfig, defaults={"normalize_adv_by_std": False, "clip": False, "loss_agg": "seq-mean-token-mean"},
+    group_relative=True,
 )
 class GTPO(GRPO):
     name = "gtpo"

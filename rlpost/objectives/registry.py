@@ -14,6 +14,8 @@ from rlpost.registry import Entry, Registry
 CAPABILITIES: dict[str, str] = {
     "corrects_off_policy": "the loss corrects stale (off-policy) data itself, so `cluster.is_correction: auto` "
     "adds no importance-sampling correction on top (VCPO)",
+    "group_relative": "the advantage is relative to the completion's group (a group mean or leave-one-out "
+    "baseline), so groups of one completion carry no signal and `rollout.n = 1` is refused",
     "own_gradient_path": "the objective may take its own gradient path instead of back-propagating "
     "`compute_loss` (VCPO's OPOB); the instance's `per_trajectory_baseline` says whether it does for its config",
 }

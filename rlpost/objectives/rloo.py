@@ -49,7 +49,7 @@ def leave_one_out_advantages(
     return advantages.to(rewards.dtype if rewards.is_floating_point() else torch.float32), in_group
 
 
-@OBJECTIVES.register("rloo", config=RlooConfig, defaults={"normalize_adv_by_std": False})
+@OBJECTIVES.register("rloo", config=RlooConfig, defaults={"normalize_adv_by_std": False}, group_relative=True)
 class RLOO(GRPO):
     """A_i = r_i - mean_{j≠i} r_j; loss = GRPO's clipped surrogate (+ optional KL and entropy terms)."""
 

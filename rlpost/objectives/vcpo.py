@@ -19,8 +19,10 @@ exactly how verl's rollout_corr_helper applies the weight; `vcpo.is_threshold: n
 How the learner calls `lr_scale`, once per optimizer step before `optimizer.step()`:
     multiplier, metrics = objective.lr_scale({"logp": logp, "behaviour_logp": behaviour_logp, "mask": mask})
     # logp: [N, T] current-policy log-probs (no grad) of every sequence of the step, all ranks
-    if multiplier == 0: skip the step (empty step); else set lr = scheduler_lr * multiplier for
-    this step only and restore the scheduler's lr afterwards.
+    if multiplier == 0 (`staleness/skip_step` = 1): skip the step entirely: discard the gradients,
+    no optimizer.step() (AdamW moments and step count untouched) and no scheduler.step();
+    else set lr = scheduler_lr * multiplier for this step only and restore the scheduler's lr.
+    (A step at lr 0 is not a skip: AdamW would still move its moments.)
 """
 
 from __future__ import annotations
@@ -233,6 +235,7 @@ class VcpoConfig(Section):
     defaults={"clip": False, "loss_agg": "seq-mean-token-mean"},
     corrects_off_policy=True,  # truncated sequence IS weight + ESS-scaled lr
     own_gradient_path=True,  # OPOB (vcpo.opob), see per_trajectory_baseline
+    group_relative=True,
 )
 class VCPO(GRPO):
     name = "vcpo"
@@ -274,14 +277,15 @@ class VCPO(GRPO):
         return metrics
 
     def lr_scale(self, step_inputs: dict[str, torch.Tensor]) -> tuple[float, Metrics]:
-        """ESS-scaled lr multiplier of this optimizer step (§6.3); 0 for an empty step (skip it)."""
+        """ESS-scaled lr multiplier of this optimizer step (§6.3); exactly 0.0, with `staleness/skip_step`
+        = 1, when the step must be skipped (an empty step): see the module docstring."""
         cfg = self.config.vcpo
         mask = step_inputs["mask"]
         logp, behaviour = step_inputs["logp"].detach(), step_inputs["behaviour_logp"]
         valid = valid_sequences(mask)
         count = int(valid.sum())
         if count == 0:
-            return 0.0, {"staleness/empty_step": 1.0, "staleness/ess_lr_scale": 0.0}
+            return 0.0, {"staleness/empty_step": 1.0, "staleness/ess_lr_scale": 0.0, "staleness/skip_step": 1.0}
         log_w = sequence_log_weights(logp, behaviour, mask)[valid]
         log_w_clipped = log_w.clamp(max=math.log(cfg.is_threshold)) if cfg.is_threshold is not None else log_w
         ess = float(log_effective_sample_size(log_w).exp())
@@ -296,6 +300,7 @@ class VCPO(GRPO):
             "staleness/minibatch_ess_clipped": ess_clipped,
             "staleness/minibatch_ess_ratio_clipped": ess_clipped / count,
             "staleness/ess_lr_scale": multiplier,
+            "staleness/skip_step": float(multiplier == 0.0),
             "staleness/rollout_seq_log_is_mean": float(log_w.mean()),
             "staleness/rollout_is_geom_mean": float(masked_mean(token_log_ratio, mask).exp()),
             "staleness/kl_rollout_old": float(masked_mean(kl_penalty(logp, behaviour, "k3"), mask)),

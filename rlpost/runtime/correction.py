@@ -3,19 +3,26 @@
 In async training a completion was sampled by an older policy mu (the engine's weights at
 version u) and, even in sync mode, by an engine whose numerics differ from the learner's (bf16
 vLLM vs fp32 learner). The objectives' ratio is taken against `old_logp`, the learner's own
-log-probs before the update (the proximal policy). The correction multiplies each token's policy
-loss by a weight w of pi_old / mu computed from the behaviour log-probs the engine reported:
+log-probs before the update (the proximal policy). The correction uses the ratio r = pi_old / mu
+computed from the behaviour log-probs the engine reported, in one of two ways (verl's rollout
+correction: `rollout_is` truncates, `rollout_rs` rejects):
 
-- `token`:    w_t = min(exp(old_logp_t - behaviour_logp_t), C)                 (truncated IS, TIS)
-- `sequence`: w_i = min(exp(sum_t old_logp_t - behaviour_logp_t), C) on every token of sequence i
-- `mask`:     w_t = 1 if exp(old_logp_t - behaviour_logp_t) in [1/C, C] else 0  (drop outlier tokens)
+Truncated IS, multiplying each token's policy loss by a weight w in [F, C] (F = `floor`, 0 if unset):
+- `token`:    w_t = clamp(r_t, F, C)                                 (TIS)
+- `sequence`: w_i = clamp(prod_t r_t, F, C) on every token of sequence i
+Rejection, removing tokens from the loss *and its normalisers* (band [L, C], L = `floor` or 1/C):
+- `mask`:           drop token t if r_t is outside the band
+- `mask_sequence`:  drop sequence i if prod_t r_t is outside the band
+- `mask_geometric`: drop sequence i if the geometric mean exp(mean_t log r_t) is outside the band
+  (length-independent, so its band is narrow: e.g. C = 1.001)
 
 `ISCorrectedObjective` wraps any objective. Every objective's per-token policy loss is positively
 homogeneous in the advantage (clipped surrogate, dual clip, GSPO's token form: loss(w*A) = w*loss(A)
 for w >= 0), so multiplying the advantages by w multiplies the policy loss by w and leaves KL and
 entropy terms alone. Objectives that take per-token weights (GTPO multiplies its shaped advantage by
-`token_weights`) get w folded into those weights instead. A dedicated `LossInputs.is_weights`
-field applied inside `policy_loss_per_token` would be the cleaner hook (requested from objectives).
+`token_weights`) get w folded into those weights instead. Rejection zeroes the rejected tokens'
+mask, so per-sequence denominators (seq-mean-token-mean) and the KL/entropy terms drop them too;
+the step-level normalisers (`StepScale`) drop them when the learner counts them from `loss_mask`.
 
 The weights carry no gradient. Statistics are accumulated per optimizer step (all micro-batches of
 this rank) and read with `take_stats`; the learner ranks gather them and `combine_stats` sums them,
@@ -33,33 +40,59 @@ import torch
 from rlpost.objectives.base import AdvantageInputs, LossInputs, Metrics, Objective, StepScale
 
 LOG_CLAMP = 20.0
-MODES = ("token", "sequence", "mask")
+TRUNCATION_MODES = ("token", "sequence")
+REJECTION_MODES = ("mask", "mask_sequence", "mask_geometric")
+MODES = TRUNCATION_MODES + REJECTION_MODES
+SEQUENCE_MODES = ("sequence", "mask_sequence", "mask_geometric")
+"""Modes with one weight per sequence (statistics count sequences, not tokens)."""
+
+
+def check_mode(mode: str) -> None:
+    """Refuse an unknown correction mode, naming the known ones."""
+    if mode not in MODES:
+        raise ValueError(f"unknown importance-sampling mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+def log_bounds(mode: str, cap: float, floor: float | None) -> tuple[float, float]:
+    """(log lower, log upper) bound of the ratio: truncation [F or 0, C], rejection [L or 1/C, C]."""
+    if floor is not None:
+        return math.log(floor), math.log(cap)
+    return (-LOG_CLAMP if mode in TRUNCATION_MODES else -math.log(cap)), math.log(cap)
+
+
+def unit_log_ratios(log_ratio: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """log r per unit: [N, T] per token, Σ_t over the sequence ([N]), or its mean (geometric, [N])."""
+    if mode not in SEQUENCE_MODES:
+        return log_ratio
+    total = log_ratio.sum(dim=-1)
+    if mode == "mask_geometric":
+        return total / mask.to(total.dtype).sum(dim=-1).clamp(min=1.0)
+    return total
 
 
 def importance_weights(
-    old_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor, mode: str, cap: float
+    old_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor, mode: str, cap: float, floor: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(weights [N, T], raw log-ratios [N, T] or [N], truncated/masked flags like the log-ratios).
+    """(weights [N, T], raw log-ratios per unit, truncated/rejected flags per unit).
 
-    Weights are 0 on padding. `sequence` gives every token of a sequence the same weight.
+    Units are tokens ([N, T]) or sequences ([N], `SEQUENCE_MODES`). Weights are 0 on padding;
+    a sequence-level weight repeats over the sequence's tokens. Rejection weights are 0 or 1.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown importance-sampling mode {mode!r}; use one of {', '.join(MODES)}")
+    check_mode(mode)
     valid = mask.bool()
     log_ratio = torch.where(valid, old_logp.detach().double() - behaviour_logp.double(), torch.zeros((), dtype=torch.float64))
-    log_cap = math.log(cap)
-    if mode == "sequence":
-        seq_log = log_ratio.sum(dim=-1)
-        flagged = seq_log > log_cap
-        weights = torch.exp(seq_log.clamp(-LOG_CLAMP, log_cap)).unsqueeze(-1).expand_as(log_ratio)
-        return torch.where(valid, weights, torch.zeros_like(weights)), seq_log, flagged
-    if mode == "token":
-        flagged = valid & (log_ratio > log_cap)
-        weights = torch.exp(log_ratio.clamp(-LOG_CLAMP, log_cap))
-    else:  # mask
-        flagged = valid & (log_ratio.abs() > log_cap)
+    units = unit_log_ratios(log_ratio, mask, mode)
+    low, high = log_bounds(mode, cap, floor)
+    flagged = (units > high) | (units < low)
+    if mode in TRUNCATION_MODES:
+        weights = torch.exp(units.clamp(max(low, -LOG_CLAMP), min(high, LOG_CLAMP)))
+    else:
         weights = (~flagged).double()
-    return torch.where(valid, weights, torch.zeros_like(weights)), log_ratio, flagged
+    if mode in SEQUENCE_MODES:
+        weights = weights.unsqueeze(-1).expand_as(log_ratio)
+    else:
+        flagged = flagged & valid
+    return torch.where(valid, weights, torch.zeros_like(weights)), units, flagged
 
 
 class ISStats:
@@ -105,7 +138,7 @@ def combine_stats(per_rank: list[dict[str, float]], mode: str) -> Metrics:
     count = total["count"]
     if count == 0:
         return {}
-    flagged_key = "is/masked_frac" if mode == "mask" else "is/truncated_frac"
+    flagged_key = "is/masked_frac" if mode in REJECTION_MODES else "is/truncated_frac"
     return {
         "is/weight_mean": total["sum"] / count,
         "is/weight_min": min(stats["min"] for stats in per_rank),
@@ -119,15 +152,16 @@ def combine_stats(per_rank: list[dict[str, float]], mode: str) -> Metrics:
 
 
 class ISCorrectedObjective(Objective):
-    """`inner` with its per-token policy loss multiplied by truncated importance weights."""
+    """`inner` with its per-token policy loss multiplied by truncated importance weights, or with
+    the tokens the rejection modes reject removed from its mask."""
 
-    def __init__(self, inner: Objective, mode: str, cap: float):
-        if mode not in MODES:
-            raise ValueError(f"unknown importance-sampling mode {mode!r}; use one of {', '.join(MODES)}")
+    def __init__(self, inner: Objective, mode: str, cap: float, floor: float | None = None):
+        check_mode(mode)
         # No super().__init__: every attribute not defined here is the inner objective's.
         self.inner = inner
         self.mode = mode
         self.cap = cap
+        self.floor = floor
         self._stats = ISStats()
 
     # ---- delegation ---------------------------------------------------------------------
@@ -189,15 +223,29 @@ class ISCorrectedObjective(Objective):
         self.inner.load_state_dict(state)
 
     # ---- the correction -------------------------------------------------------------------
-    def compute_loss(self, inputs: LossInputs, scale: StepScale) -> tuple[torch.Tensor, Metrics]:
+    def correction_weights(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`importance_weights` of this correction for `inputs`."""
         if inputs.behaviour_logp is None:
             raise ValueError("importance-sampling correction needs LossInputs.behaviour_logp (the engine's log-probs)")
-        weights, raw_log, flagged = importance_weights(inputs.old_logp, inputs.behaviour_logp, inputs.mask, self.mode, self.cap)
-        if self.mode == "sequence":
+        return importance_weights(inputs.old_logp, inputs.behaviour_logp, inputs.mask, self.mode, self.cap, self.floor)
+
+    def loss_mask(self, old_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`mask` [N, T] without the tokens a rejection mode rejects (unchanged for truncation): the
+        mask the learner must count `StepScale` from, so rejected tokens leave the step's normalisers."""
+        if self.mode not in REJECTION_MODES:
+            return mask
+        weights, _, _ = importance_weights(old_logp, behaviour_logp, mask, self.mode, self.cap, self.floor)
+        return mask * weights.to(mask.dtype)
+
+    def compute_loss(self, inputs: LossInputs, scale: StepScale) -> tuple[torch.Tensor, Metrics]:
+        weights, raw_log, flagged = self.correction_weights(inputs)
+        if self.mode in SEQUENCE_MODES:
             units = inputs.mask.sum(dim=-1) > 0
             self._stats.add(weights[:, 0] if weights.shape[1] else weights.sum(-1), raw_log, flagged, units)
         else:
             self._stats.add(weights, raw_log, flagged, inputs.mask.bool())
+        if self.mode in REJECTION_MODES:
+            return self.inner.compute_loss(replace(inputs, mask=inputs.mask * weights.to(inputs.mask.dtype)), scale)
         return self.inner.compute_loss(self.reweighted(inputs, weights), scale)
 
     @staticmethod
@@ -216,6 +264,6 @@ class ISCorrectedObjective(Objective):
         return stats
 
 
-def wrap_objective(objective: Objective, mode: str, cap: float) -> Objective:
-    """`objective` with the correction `mode` (`none` returns it unchanged)."""
-    return objective if mode == "none" else ISCorrectedObjective(objective, mode, cap)
+def wrap_objective(objective: Objective, mode: str, cap: float, floor: float | None = None) -> Objective:
+    """`objective` with the correction `mode` (`none` returns it unchanged); `floor`: `cluster.is_floor`."""
+    return objective if mode == "none" else ISCorrectedObjective(objective, mode, cap, floor)

@@ -70,6 +70,25 @@ def test_group_size_one_with_grpo_is_rejected():
         load_config(QUICKSTART, ["rollout.n=1"])
 
 
+@pytest.mark.parametrize("name", ["rloo", "dr_grpo", "gtpo"])
+def test_group_size_one_is_rejected_for_group_relative_objectives_without_std(name):
+    # These normalise no std (normalize_adv_by_std false by default), yet their baseline is the group's.
+    with pytest.raises(ConfigError, match=f"rollout.n = 1 .*objective {name}'s advantages are relative to the group"):
+        load_config(QUICKSTART, [f"objective.name={name}", "rollout.n=1"])
+
+
+def test_verl_loss_and_kl_names_are_accepted():
+    config = load_config(QUICKSTART, ["objective.loss_agg=token-sum", "objective.kl_estimator=low_var_kl+"])
+    assert config.objective.loss_agg == "token-sum" and config.objective.kl_estimator == "low_var_kl+"
+    assert load_config(QUICKSTART, ["objective.kl_estimator=abs"]).objective.kl_estimator == "abs"
+
+
+def test_unknown_loss_aggregation_explains_verl_091_seq_mean_token_sum_norm():
+    with pytest.raises(ConfigError, match="verl 0.9.1's seq-mean-token-sum-norm divides by the sequence count") as err:
+        load_config(QUICKSTART, ["objective.loss_agg=seq-mean"])
+    assert "it is rlpost's dr-grpo" in str(err.value)
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")

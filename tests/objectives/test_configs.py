@@ -99,7 +99,7 @@ def test_schema_complete_whichever_objective_module_is_imported_first():
 
 def test_registry_refuses_an_unknown_capability_flag():
     registry = Registry("objective", capabilities=CAPABILITIES)
-    with pytest.raises(ValueError, match="'typo': unknown capabilities corrects_offpolicy; known: corrects_off_policy, own_gradient_path"):
+    with pytest.raises(ValueError, match="'typo': unknown capabilities corrects_offpolicy; known: corrects_off_policy, group_relative, own_gradient_path"):
         registry.register("typo", corrects_offpolicy=True)
     registry.register("fine", corrects_off_policy=True)(object)
     assert registry.entry("fine").capabilities == {"corrects_off_policy": True}

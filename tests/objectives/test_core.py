@@ -17,11 +17,12 @@ from rlpost.objectives.core import (
     kl_penalty,
     masked_mean,
     policy_loss_per_token,
+    policy_metrics,
     step_scale_of,
 )
 from tests.objectives.helpers import lengths_mask
 
-MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "dr-grpo"]
+MODES = ["token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "dr-grpo"]
 
 
 # ---------------------------------------------------------------- group advantages (§1.7 tests 1-2)
@@ -188,6 +189,56 @@ def test_k3_plus_has_k3_value_and_k2_gradient():
     torch.testing.assert_close(grad, (logp - ref).detach())  # d/dlogp ½(logp-ref)² = logp - ref
 
 
+def test_abs_estimator_is_the_absolute_log_ratio():
+    # |(-1.0) - (-1.5)| = 0.5 and |(-1.5) - (-1.0)| = 0.5; gradient sign(logp - ref) = +1, -1.
+    logp = torch.tensor([[-1.0, -1.5]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0]], dtype=torch.float64)
+    value = kl_penalty(logp, ref, "abs")
+    torch.testing.assert_close(value.detach(), torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(value.sum(), logp)
+    torch.testing.assert_close(grad, torch.tensor([[1.0, -1.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "estimator, value",
+    [
+        # logp - ref = -1.0 - (-1.5) = 0.5 and -0.2 - (-0.9) = 0.7
+        ("k1+", [0.5, 0.7]),
+        ("kl+", [0.5, 0.7]),
+        ("abs+", [0.5, 0.7]),
+        ("k2+", [0.125, 0.245]),  # ½·0.5², ½·0.7²
+        ("mse+", [0.125, 0.245]),
+        # e^-0.5 + 0.5 - 1 = 0.1065307, e^-0.7 + 0.7 - 1 = 0.1965853
+        ("low_var_kl+", [0.1065307, 0.1965853]),
+    ],
+)
+def test_straight_through_estimators_keep_their_value_with_the_k2_gradient(estimator, value):
+    logp = torch.tensor([[-1.0, -0.2]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[-1.5, -0.9]], dtype=torch.float64)
+    out = kl_penalty(logp, ref, estimator)
+    torch.testing.assert_close(out.detach(), torch.tensor([value], dtype=torch.float64), atol=1e-7, rtol=0)
+    (grad,) = torch.autograd.grad(out.sum(), logp)
+    # k2's gradient d/dlogp ½(logp - ref)² = logp - ref = [0.5, 0.7]
+    torch.testing.assert_close(grad, torch.tensor([[0.5, 0.7]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("alias, value", [("kl", 0.5), ("mse", 0.125), ("low_var_kl", 0.1065307)])
+def test_verl_estimator_names_are_accepted(alias, value):
+    logp, ref = torch.tensor([[-1.0]], dtype=torch.float64), torch.tensor([[-1.5]], dtype=torch.float64)
+    assert float(kl_penalty(logp, ref, alias)) == pytest.approx(value, abs=1e-7)
+
+
+def test_ppo_kl_metric_uses_the_loss_clamp():
+    # Token log-ratios logp - old = +30 and -1: ppo_kl = mean(-clamp(., ±20)) = (-20 + 1) / 2 = -9.5
+    # (unclamped it would be (-30 + 1) / 2 = -14.5).
+    old = torch.tensor([[-31.0, -1.0]], dtype=torch.float64)
+    logp = torch.tensor([[-1.0, -2.0]], dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    terms = policy_loss_per_token(logp, old, torch.ones(1, dtype=torch.float64), clip_low=0.2, clip_high=0.2)
+    metrics = policy_metrics(terms, logp, old, mask, step_scale_of(mask, 2))
+    assert metrics["actor/ppo_kl"] == pytest.approx(-9.5)
+
+
 def test_k3_guards_keep_extreme_values_finite():
     logp = torch.tensor([[-100.0]], dtype=torch.float64)
     assert float(kl_penalty(logp, torch.zeros_like(logp), "k3")) == 10.0
@@ -206,6 +257,7 @@ def _two_sequences():
     "mode, expected",
     [
         ("token-mean", 10 / 6),
+        ("token-sum", 10.0),  # 1+1 + 2+2+2+2, no normaliser (verl token-sum)
         ("seq-mean-token-mean", 1.5),
         ("seq-mean-token-sum", 5.0),
         ("dr-grpo", 1.25),

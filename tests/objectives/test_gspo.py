@@ -78,3 +78,36 @@ def test_log_ratio_is_clamped_above():
     mask = torch.ones(1, 2, dtype=torch.float64)
     log_s = sequence_log_ratio(torch.full((1, 2), 50.0, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), mask)
     assert float(log_s) == 10.0
+
+
+def test_sequence_beyond_the_log_ratio_clamp_gets_zero_gradient():
+    """verl clamps the whole token log-ratio sg(log s_i) + logp - sg(logp) at 10, gradient included.
+
+    Row 0: log s = (12 + 12)/2 = 12 > 10, A = -1 (no dual clip in GSPO): value e^10 per token,
+    gradient 0 (before: e^10 per token). Row 1: log s = 0.1 <= 10, A = -1: unclipped (A < 0 and
+    ratio > 1), value e^0.1 and gradient d(-A·e^(logp - old))/dlogp = e^0.1 = 1.1051709.
+    """
+    old_logp = torch.tensor([[-13.0, -13.0], [-1.0, 0.0]], dtype=torch.float64)
+    logp = torch.tensor([[-1.0, -1.0], [-0.9, 0.0]], dtype=torch.float64, requires_grad=True)
+    mask = lengths_mask([2, 1], 2)
+    adv = torch.tensor([-1.0, -1.0], dtype=torch.float64)
+    terms = gspo_token_policy_terms(logp, old_logp, adv, mask, clip_low=3e-4, clip_high=4e-4)
+    loss = terms.loss.detach()
+    assert float(loss[0, 0]) == pytest.approx(math.exp(10.0), rel=1e-12)
+    assert float(loss[1, 0]) == pytest.approx(1.1051709, abs=1e-7)
+    (grad,) = torch.autograd.grad((terms.loss * mask).sum(), logp)
+    assert grad[0].tolist() == [0.0, 0.0]
+    assert float(grad[1, 0]) == pytest.approx(1.1051709, abs=1e-7)
+
+
+def test_token_level_clip_fraction_is_reported_next_to_the_sequence_level_one():
+    """Row 0: one token, log s = 0.1, A = +1: ratio 1.105 > 1 + 4e-4, clipped. Row 1: three tokens
+    at ratio 1, not clipped. Sequence level: (1 + 0) / 2 = 0.5; token level: 1 / (1 + 3) = 0.25."""
+    old_logp = torch.tensor([[-1.0, 0.0, 0.0], [-1.0, -1.0, -1.0]], dtype=torch.float64)
+    logp = torch.tensor([[-0.9, 0.0, 0.0], [-1.0, -1.0, -1.0]], dtype=torch.float64)
+    mask = lengths_mask([1, 3], 3)
+    objective = get_objective("gspo")(ObjectiveConfig(name="gspo"), max_response_length=3)
+    inputs = LossInputs(logp=logp, old_logp=old_logp, advantages=torch.ones(2, dtype=torch.float64), mask=mask)
+    _, metrics = objective.compute_loss(inputs, step_scale_of(mask, 3))
+    assert metrics["actor/pg_clipfrac"] == pytest.approx(0.5)
+    assert metrics["actor/pg_clipfrac_token"] == pytest.approx(0.25)

@@ -80,6 +80,9 @@ def test_empty_step_asks_to_skip():
     inputs = {"logp": torch.zeros(2, 3), "behaviour_logp": torch.zeros(2, 3), "mask": torch.zeros(2, 3)}
     multiplier, metrics = _vcpo().lr_scale(inputs)
     assert multiplier == 0.0 and metrics["staleness/empty_step"] == 1.0
+    assert metrics["staleness/skip_step"] == 1.0, "the learner's signal to skip optimizer and scheduler steps"
+    _, metrics = _vcpo().lr_scale(_step_inputs([1, 1, 1, 5]))
+    assert metrics["staleness/skip_step"] == 0.0
 
 
 def test_ess_uses_token_sums_over_the_mask():

@@ -96,6 +96,58 @@ def test_mask_mode_drops_tokens_outside_the_band() -> None:
     assert int(masked.sum()) == 2
 
 
+def test_truncated_weights_take_a_lower_bound() -> None:
+    # Log-ratios [[0, 1.0, -0.1], [-0.8, 0.5, pad]]; band [0.5, 2]: 1.0 > log 2 is capped at 2,
+    # -0.8 < log 0.5 = -0.693 is raised to 0.5.
+    old, behaviour, mask = _logps()
+    weights, _, flagged = importance_weights(old, behaviour, mask, "token", cap=2.0, floor=0.5)
+    expected = torch.tensor([[1.0, 2.0, math.exp(-0.1)], [0.5, math.exp(0.5), 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(weights, expected)
+    assert flagged.tolist() == [[False, True, False], [True, False, False]]
+    # Sequence level: sums 0.9 and -0.3, band [0.8, 2]: exp(0.9) -> 2, exp(-0.3) = 0.741 -> 0.8.
+    weights, _, _ = importance_weights(old, behaviour, mask, "sequence", cap=2.0, floor=0.8)
+    torch.testing.assert_close(weights, torch.tensor([[2.0] * 3, [0.8, 0.8, 0.0]], dtype=torch.float64))
+
+
+def test_sequence_and_geometric_rejection_drop_whole_sequences() -> None:
+    # Sequence log-ratios: 0 + 1.0 - 0.1 = 0.9 and -0.8 + 0.5 = -0.3; geometric (mean) 0.3 and -0.15.
+    # Band [1/1.3, 1.3], log 1.3 = 0.2624: the product rejects both (0.9 and -0.3 outside), the
+    # geometric mean only the first (0.3 outside, -0.15 inside).
+    old, behaviour, mask = _logps()
+    weights, log_ratio, rejected = importance_weights(old, behaviour, mask, "mask_sequence", cap=1.3)
+    torch.testing.assert_close(log_ratio, torch.tensor([0.9, -0.3], dtype=torch.float64))
+    assert weights.tolist() == [[0.0] * 3, [0.0] * 3] and rejected.tolist() == [True, True]
+    weights, log_ratio, rejected = importance_weights(old, behaviour, mask, "mask_geometric", cap=1.3)
+    torch.testing.assert_close(log_ratio, torch.tensor([0.3, -0.15], dtype=torch.float64))
+    assert weights.tolist() == [[0.0] * 3, [1.0, 1.0, 0.0]] and rejected.tolist() == [True, False]
+    # A floor replaces 1/cap as the band's bottom: [0.9, 2] rejects -0.3 (exp = 0.741) only.
+    weights, _, _ = importance_weights(old, behaviour, mask, "mask_sequence", cap=2.5, floor=0.9)
+    assert weights.tolist() == [[1.0] * 3, [0.0] * 3]
+
+
+def test_mask_mode_removes_rejected_tokens_from_the_denominators() -> None:
+    """Token mask (cap 2) rejects tokens (0,1) and (1,0); ratio 1 and A = 1 give loss -1 per token.
+
+    seq-mean-token-mean: row 0 keeps 2 tokens -> -2/2, row 1 keeps 1 -> -1/1; mean over 2 sequences
+    = -1 (counting the rejected tokens it was (-2/3 - 1/2)/2 = -7/12). token-mean over the step mask
+    from `loss_mask`: 3 kept tokens, -3/3 = -1.
+    """
+    old, behaviour, mask = _logps()
+    advantages = torch.ones(2)
+    inputs = LossInputs(logp=old.clone(), old_logp=old, advantages=advantages, mask=mask, behaviour_logp=behaviour)
+    seq_mean = get_objective("grpo")(ObjectiveConfig(loss_agg="seq-mean-token-mean"), 8)
+    loss, _ = ISCorrectedObjective(seq_mean, "mask", cap=2.0).compute_loss(inputs, step_scale_of(mask, 8))
+    assert float(loss) == pytest.approx(-1.0)
+
+    wrapped = ISCorrectedObjective(get_objective("grpo")(ObjectiveConfig(loss_agg="token-mean"), 8), "mask", cap=2.0)
+    step_mask = wrapped.loss_mask(old, behaviour, mask)
+    assert step_mask.tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    loss, _ = wrapped.compute_loss(inputs, step_scale_of(step_mask, 8))
+    assert float(loss) == pytest.approx(-1.0)
+    truncating = ISCorrectedObjective(seq_mean, "token", cap=2.0)
+    assert truncating.loss_mask(old, behaviour, mask) is mask, "truncation keeps every token"
+
+
 def test_wrapper_multiplies_the_per_token_policy_loss_by_the_weights() -> None:
     """GRPO (clipped, dual clip) with the wrapper == GRPO whose per-token loss is scaled by hand."""
     torch.manual_seed(0)
@@ -159,6 +211,16 @@ def test_cluster_config_defaults_and_errors_name_the_keys(tmp_path) -> None:
         load_config(empty, ["cluster.runtime=ray", "cluster.placement=colocated", "cluster.max_staleness=1"])
     with pytest.raises(ConfigError, match="sync_transport"):
         load_config(empty, ["cluster.sync_transport=carrier_pigeon"])
+
+
+def test_cluster_config_takes_the_rejection_modes_and_a_floor(tmp_path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    config = load_config(empty, ["cluster.is_correction=mask_geometric", "cluster.is_cap=1.001", "cluster.is_floor=0.999"])
+    assert config.cluster.is_mode("grpo") == "mask_geometric" and config.cluster.is_floor == 0.999
+    assert load_config(empty, ["cluster.is_correction=mask_sequence"]).cluster.is_floor is None
+    with pytest.raises(ConfigError, match="cluster.is_floor"):
+        load_config(empty, ["cluster.is_floor=1.5"])
 
 
 def test_the_cluster_template_is_a_valid_async_config() -> None:
