@@ -76,9 +76,9 @@ def cmd_config_fields(args: argparse.Namespace) -> int:
 
 
 def cmd_model_fetch(args: argparse.Namespace) -> int:
-    from rlpost.models import fetch_builtin
+    from rlpost.models import fetch_model
 
-    print(fetch_builtin(args.name, Path(args.to) if args.to else None))
+    print(fetch_model(args.name, Path(args.to) if args.to else None))
     return 0
 
 
@@ -145,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_commands(commands)
 
     model = commands.add_parser("model", help="models").add_subparsers(dest="action", required=True)
-    fetch = model.add_parser("fetch", help="fetch a built-in model into a Hugging Face folder")
-    fetch.add_argument("name")
-    fetch.add_argument("--to", help="target folder (default: the rlpost cache)")
+    fetch = model.add_parser("fetch", help="fetch a built-in model or a Hub id into a Hugging Face folder")
+    fetch.add_argument("name", help="built-in alias (smollm2-135m-instruct) or Hub id (org/name)")
+    fetch.add_argument("--to", help="new or empty target folder (default: the rlpost cache; for a Hub id the Hugging Face cache)")
     fetch.set_defaults(run=cmd_model_fetch)
 
     ev = commands.add_parser("eval", help="pass@1 / pass@k of a model under math-verify")

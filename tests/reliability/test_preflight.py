@@ -185,3 +185,64 @@ def test_report_to_a_tracker_that_is_not_installed_is_named_before_anything_load
     )):
         preflight(config(tmp_path, "/never/loaded", "logging.report_to=[jsonl, mlflow]"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def fake_hub(tiny_chat_model_path: str, tmp_path: Path, monkeypatch) -> list[dict]:
+    """`snapshot_download` answering from a local copy of a model; the calls it received."""
+    import huggingface_hub
+
+    calls: list[dict] = []
+
+    def snapshot_download(repo_id: str, **kwargs) -> str:
+        calls.append({"repo_id": repo_id, **kwargs})
+        folder = Path(kwargs["local_dir"]) if kwargs.get("local_dir") else tmp_path / "hub-cache" / repo_id
+        shutil.copytree(tiny_chat_model_path, folder, dirs_exist_ok=True)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_hub_id_resolves_through_snapshot_download_of_safetensors(fake_hub: list[dict], tmp_path: Path):
+    from rlpost.models import resolve_model
+
+    folder = resolve_model("org/tiny-chat")
+    assert folder == str(tmp_path / "hub-cache" / "org" / "tiny-chat")
+    (call,) = fake_hub
+    assert call["repo_id"] == "org/tiny-chat" and call["local_files_only"] is False and call["local_dir"] is None
+    assert {"config.json", "*.safetensors", "tokenizer*"} <= set(call["allow_patterns"])
+    assert not any(pattern.endswith((".bin", ".gguf")) for pattern in call["allow_patterns"])
+
+
+def test_local_folder_is_used_as_it_is_and_a_hub_model_without_safetensors_is_named(
+        fake_hub: list[dict], tiny_chat_model_path: str, monkeypatch):
+    import huggingface_hub
+
+    from rlpost.models import resolve_model
+
+    assert resolve_model(tiny_chat_model_path) == tiny_chat_model_path and not fake_hub
+    copy = huggingface_hub.snapshot_download
+
+    def without_safetensors(repo_id: str, **kwargs) -> str:
+        folder = Path(copy(repo_id, **kwargs))
+        for weights in folder.glob("*.safetensors"):
+            weights.unlink()
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", without_safetensors)
+    with pytest.raises(ModelNotFoundError, match="'org/bin-only' publishes no safetensors weights"):
+        resolve_model("org/bin-only")
+
+
+def test_model_fetch_of_a_hub_id_fills_only_a_new_folder(fake_hub: list[dict], tmp_path: Path):
+    from rlpost.models import fetch_model
+
+    target = fetch_model("org/tiny-chat", tmp_path / "models" / "tiny")
+    check_model_folder(target, tokenizer=True)
+    assert fake_hub[0]["local_dir"] != target  # written beside it, then renamed into place
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("keep me")
+    with pytest.raises(ModelFolderError, match="not empty"):
+        fetch_model("org/tiny-chat", tmp_path / "used")
+    assert [path.name for path in (tmp_path / "used").iterdir()] == ["notes.txt"]
