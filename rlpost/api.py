@@ -147,7 +147,8 @@ def register_callable(fn: Callable[..., Any]) -> str:
 
 
 def reward_configs(rewards: Sequence[RewardLike]) -> list[dict[str, Any]]:
-    """`reward.functions` entries for callables, names/specs, `(either, weight)` pairs or config dicts."""
+    """`reward.functions` entries for callables, names/specs, `(either, weight)` pairs, or entry dicts
+    (`{"name": fn, "weight": 0.5, "kwargs": {...}}`, the name a callable or a string)."""
     if isinstance(rewards, (str, bytes)) or callable(rewards):
         rewards = [rewards]
     entries = []
@@ -157,8 +158,11 @@ def reward_configs(rewards: Sequence[RewardLike]) -> list[dict[str, Any]]:
             if len(reward) != 2:
                 raise UsageError(f"reward_functions: {reward!r} is not a (function, weight) pair")
             reward, weight = reward
-        if isinstance(reward, Mapping):
-            entries.append(dict(reward))
+        if isinstance(reward, Mapping):  # a reward.functions entry; its name may be a callable
+            entry = dict(reward)
+            if callable(entry.get("name")):
+                entry["name"] = register_callable(entry["name"])
+            entries.append(entry)
         elif isinstance(reward, str):
             entries.append({"name": reward, "weight": weight})
         elif callable(reward):

@@ -3,6 +3,7 @@ overrides as keyword arguments, and reward functions passed as callables that th
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -61,6 +62,20 @@ def test_callables_become_named_rewards_that_travel_by_value():
     again = {"__name__": "__main__"}
     exec("def says_four(prompt, completion, **row):\n    return 0.0\n", again)
     assert rlpost.build_config(None, reward_functions=[again["says_four"]]).reward.functions[0].name == "says_four-2"
+
+
+def test_reward_entry_dict_with_a_callable_name_keeps_its_kwargs():
+    config = rlpost.build_config(None, reward_functions=[{"name": NOTEBOOK["says_four"], "weight": 0.5,
+                                                          "kwargs": {"answer": "4"}}])
+    assert (config.reward.functions[0].name, config.reward.functions[0].kwargs) == ("says_four", {"answer": "4"})
+
+
+def test_evaluate_returns_the_summary_and_writes_the_details(tiny_chat_model_path: str, tmp_path: Path):
+    summary = rlpost.evaluate(tiny_chat_model_path, "arithmetic", limit=2, max_new_tokens=4, dtype="float32",
+                              out=tmp_path / "eval.json")
+    assert summary["problems"] == 2 and 0.0 <= summary["pass@1"] <= 1.0
+    assert len(summary["result"]["problems"]) == 2
+    assert json.loads((tmp_path / "eval.json").read_text())["pass@1"] == summary["pass@1"]
 
 
 def test_reward_that_is_no_callable_and_eval_settings_out_of_range_are_named():
