@@ -88,8 +88,11 @@ class Learner:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Response-aligned [N, T] log-probs (and entropy) of `batch` under `model`, on the model's device.
 
-        `temperature`: None uses the rollout temperature (RL ratios); SFT passes 1.0.
+        `temperature`: None gives the rollout's sampling distribution (its temperature, top-p and
+        top-k: RL ratios against the engine's log-probs); SFT passes 1.0, the model's own distribution.
         """
+        sampling = temperature is None
+        rollout = self.config.rollout
         device = model_device(model)
         batch = batch.to(device)
         autocast = self.config.learner.mixed_precision == "bf16"
@@ -101,10 +104,12 @@ class Learner:
                 batch.attention_mask,
                 batch.response_index,
                 batch.response_mask,
-                temperature=self.temperature if temperature is None else temperature,
+                temperature=self.temperature if sampling else temperature,
                 fused=self.config.learner.fused_logprobs,
                 chunk_size=self.config.learner.logprob_chunk_size,
                 compute_entropy=compute_entropy,
+                top_p=rollout.top_p if sampling else 1.0,
+                top_k=rollout.top_k if sampling else -1,
             )
 
     @torch.no_grad()

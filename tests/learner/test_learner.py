@@ -95,3 +95,33 @@ def test_zero3_loading_is_on_only_while_the_policy_loads():
     assert not is_deepspeed_zero3_enabled()
     with zero3_loading({"zero_optimization": {"stage": 2}}):
         assert not is_deepspeed_zero3_enabled()
+
+
+def test_rl_logprobs_are_of_the_rollouts_top_k_distribution_and_sft_logprobs_of_the_model(tiny_model_path):
+    config = RLPostConfig.model_validate(
+        {"model": {"path": tiny_model_path}, "learner": {"backend": "torch", "mixed_precision": "no"},
+         "rollout": {"max_new_tokens": 8, "top_k": 1}}
+    )
+    objective = get_objective("grpo")(config.objective, config.rollout.max_new_tokens)
+    learner = Learner(config, config.model.path, objective, total_steps=1)
+    batch = build_train_batch(make_groups(2), pad_token_id=0)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_path)
+    first = int(batch.response_index[0, 0])  # make row 0's first response token the greedy one
+    batch.input_ids[0, first] = batch.response_ids[0, 0] = model(input_ids=batch.input_ids[:1, :first]).logits[0, -1].argmax()
+    rl, _ = learner.token_logprobs(learner.module, batch, compute_entropy=False)
+    sft, _ = learner.token_logprobs(learner.module, batch, compute_entropy=False, temperature=1.0)
+    logits = model(input_ids=batch.input_ids).logits
+    valid = batch.response_mask.bool()
+    rows, steps = valid.nonzero(as_tuple=True)
+    positions = batch.response_index[rows, steps]
+    greedy = logits[rows, positions - 1].argmax(-1) == batch.input_ids[rows, positions]
+    assert greedy.any() and (~greedy).any()
+    # top-k 1 keeps the greedy token, and the scored one (rlpost.ops.logprobs): the greedy token has
+    # probability 1, any other token its share of the two tempered probabilities.
+    step_logits = logits[rows, positions - 1].float().detach()
+    scored = step_logits.gather(-1, batch.input_ids[rows, positions][:, None])[:, 0]
+    pair = torch.stack([scored, step_logits.max(-1).values], -1) / learner.temperature
+    assert torch.equal(rl[valid][greedy], torch.zeros(int(greedy.sum())))
+    torch.testing.assert_close(rl[valid][~greedy], (pair[:, 0] - pair.logsumexp(-1))[~greedy], rtol=1e-5, atol=1e-5)
+    expected = torch.log_softmax(step_logits, -1).gather(-1, batch.input_ids[rows, positions][:, None])[:, 0]
+    torch.testing.assert_close(sft[valid], expected, rtol=1e-5, atol=1e-5)
