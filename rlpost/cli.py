@@ -112,12 +112,17 @@ def cmd_checkpoint_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_arguments(parser: argparse.ArgumentParser, run) -> None:
+    """`[CONFIG] [key.path=value ...]`, as train, validate and config show take them."""
+    parser.add_argument("config", nargs="?", help="config file (default configs/quickstart.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.clip_high=0.28")
+    parser.set_defaults(run=run)
+
+
 def _add_config_commands(commands: argparse._SubParsersAction) -> None:
     config = commands.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config; `# default: ...` marks each changed value")
-    show.add_argument("config", nargs="?")
-    show.add_argument("overrides", nargs="*")
-    show.set_defaults(run=cmd_config_show)
+    _add_config_arguments(show, cmd_config_show)
     fields = config.add_parser("fields", help="every setting with its type, default and description")
     fields.add_argument("section", nargs="?", help="a section, e.g. rollout or objective.dapo (default: all)")
     fields.add_argument("--format", choices=["text", "markdown"], default="text",
@@ -132,15 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train from a YAML config (default: the quickstart)")
-    train.add_argument("config", nargs="?", help="config file (default configs/quickstart.yaml)")
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.clip_high=0.28")
-    train.set_defaults(run=cmd_train)
-
+    _add_config_arguments(train, cmd_train)
     validate = commands.add_parser(
         "validate", help="check a config, its data, model folder and reward functions without training (exit 0 or 2)")
-    validate.add_argument("config", nargs="?", help="config file (default configs/quickstart.yaml)")
-    validate.add_argument("overrides", nargs="*", help="dotted overrides, as for train")
-    validate.set_defaults(run=cmd_validate)
+    _add_config_arguments(validate, cmd_validate)
 
     _add_config_commands(commands)
 
