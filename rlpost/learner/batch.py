@@ -7,6 +7,7 @@ per-position tensor [N, S] becomes a response-aligned [N, T] tensor with one gat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -65,29 +66,22 @@ class TrainBatch:
             mask=self.response_mask,
         )
 
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TrainBatch:
+        """A batch of `fn` applied to every tensor (reward components included)."""
+        mapped = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            mapped[field.name] = {key: fn(tensor) for key, tensor in value.items()} if isinstance(value, dict) else fn(value)
+        return TrainBatch(**mapped)
+
     def select(self, rows: torch.Tensor | list[int]) -> TrainBatch:
         """The sub-batch of `rows`, trimmed to its own longest sequence and response."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        picked = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, dict):
-                picked[field.name] = {key: tensor[rows] for key, tensor in value.items()}
-            else:
-                picked[field.name] = value[rows]
-        sub = TrainBatch(**picked)
-        return sub._trimmed()
+        return self.map_tensors(lambda tensor: tensor[rows])._trimmed()
 
     def to(self, device: torch.device | str) -> TrainBatch:
-        """This batch with every tensor on `device` (itself when they are all there already)."""
-        moved = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, dict):
-                moved[field.name] = {key: tensor.to(device) for key, tensor in value.items()}
-            else:
-                moved[field.name] = value.to(device)
-        return TrainBatch(**moved)
+        """This batch's tensors on `device` (the same tensors where they are there already)."""
+        return self.map_tensors(lambda tensor: tensor.to(device))
 
     def _trimmed(self) -> TrainBatch:
         seq_len = max(int(self.attention_mask.sum(dim=1).max().item()), 1) if self.size else 1
