@@ -1,8 +1,7 @@
 """rlpost.objectives: one module per objective, each registering itself in `registry.OBJECTIVES`.
 
-The config schema is built from the registered objectives (`rlpost.config.objective`), which imports
-every objective module. Loading the config first means an objective module is never half-imported
-(its class not yet registered) while the schema is built, whichever module a program imports first.
+The config schema is built from the registered objectives (`rlpost.config.objective`); the
+registry imports every objective module on its first lookup. `rlpost.config` exports lazily, so
+an objective module importing `rlpost.config.base` never starts the schema half-way through its
+own import.
 """
-
-import rlpost.config  # noqa: F401

@@ -7,9 +7,6 @@ the sampler registered under `config.name` (`SAMPLERS`: `UniformSampler`, `VadeS
 `@register_sampler("name", config=ItsSection)` class.
 """
 
-# The schema imports this package to collect the samplers' sections; loading it before any sampler
-# module means those modules never run while the schema waits on a half-imported one.
-import rlpost.config  # noqa: F401
 from rlpost.samplers.allocation import Allocation, KnapsackConfig, allocate_budgets
 from rlpost.samplers.base import SAMPLERS, EpochOrder, PromptSampler, register_sampler
 from rlpost.samplers.budget_solver import solve_budget

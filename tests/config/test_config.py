@@ -120,3 +120,20 @@ def test_every_field_is_documented():
 
     walk(RLPostConfig, "")
     assert undocumented == []
+
+
+def test_importing_a_config_leaf_does_not_build_the_schema():
+    """`rlpost.config` exports lazily: `Section` comes without torch or the plug-in registries, and a
+    plug-in module imported first still ends up in the schema (no half-imported package)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rlpost.config.base\n"
+        "assert 'rlpost.config.schema' not in sys.modules and 'torch' not in sys.modules, 'eager'\n"
+        "import rlpost.samplers.allocation\n"
+        "from rlpost.config import RLPostConfig\n"
+        "assert 'knapsack' in type(RLPostConfig().sampler).model_fields\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
