@@ -24,9 +24,7 @@ overlong penalty never makes a group look informative (§2.2: use `acc`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, Literal, TypeVar
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import torch
 from pydantic import Field

@@ -2,8 +2,8 @@
 
 ALGORITHMS.md §1.3. A_i = r_i - mean_g (no std: removes the difficulty bias), and the per-token
 loss summed per sequence over a constant L_max instead of |o_i| (removes the length bias):
-loss_agg `dr-grpo` = Σ ℓ·M / (B'·L_max), the reference (oat) and TRL form. verl's variant without
-the 1/B' is `seq-mean-token-sum-norm`. Truncated completions get reward 0, as in the reference.
+loss_agg `dr-grpo` = Σ ℓ·M / (B'·L_max), the reference (oat) and TRL form, and verl 0.9.1's
+`seq-mean-token-sum-norm`; rlpost's `seq-mean-token-sum-norm` is older verl's, without the 1/B'. Truncated completions get reward 0, as in the reference.
 """
 
 from __future__ import annotations
