@@ -12,7 +12,6 @@ installed extras a setting needs (the trackers of `logging.report_to`, vLLM, Dee
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from rlpost.data import load_rows
 from rlpost.io.checkpoint import check_new_run_folder
 from rlpost.io.trackers import INSTALL, TRACKER_PACKAGES
 from rlpost.models import BUILTIN_MODELS, builtin_model_dir, check_model_folder, resolve_model
-from rlpost.rewards import RewardFunctionError, bind_reward, get_reward_fn
+from rlpost.rewards import RewardFunctionError, bind_reward, check_call, get_reward_fn
 
 # How to install each optional package a setting needs (trackers: `rlpost.io.trackers.INSTALL`).
 EXTRAS = {
@@ -65,6 +64,7 @@ def preflight(config: RLPostConfig) -> None:
 def run_checks(config: RLPostConfig) -> PreflightSummary:
     """`preflight`'s checks, always run, with what they found."""
     summary = PreflightSummary()
+    check_combinations(config)
     check_output_dir(config)
     check_extras(config)
     check_cluster(config)
@@ -151,13 +151,13 @@ def check_rewards(config: RLPostConfig, row: dict, summary: PreflightSummary) ->
     functions = config.reward.functions
     if not functions:
         raise RewardFunctionError("reward.functions is empty: configure at least one reward function")
-    bound = [bind_reward(get_reward_fn(function.name), function.name, function.kwargs) for function in functions]
+    bound = [bind_reward(get_reward_fn(f.name), f.name, f.kwargs, f.style, f.data_source) for f in functions]
     names = reward_component_names([function.name for function in functions])
     correct = config.reward.correct_reward
     if correct is not None and correct not in names:
         raise RewardFunctionError(f"reward.correct_reward = {correct!r} is not among reward.functions: {', '.join(names)}")
     for function, reward in zip(functions, bound, strict=True):
-        check_binds(reward, function.name, row)
+        check_call(reward, function.name, row, where="row 1 of data.train")
     summary.rewards = names
 
 
@@ -171,23 +171,35 @@ def reward_component_names(specs: list[str]) -> list[str]:
     return names
 
 
-def check_binds(bound, spec: str, row: dict) -> None:
-    """The arguments a call on `row` would pass bind to the function's signature.
+ROUTES_BY_SUCCESS = frozenset({"hpt"})
+"""Blending controllers that send a question to SFT by how its rollouts scored. DAPO's dynamic sampling
+drops the groups whose rollouts all score alike before the controller sees them, which removes exactly
+the all-wrong groups these controllers train with SFT. SASR (a coin flip per step on gradient norms)
+and AMFT (every group in both losses) do not route by score, so the filter does not empty a branch."""
 
-    The function is not called: a reward may kill, hang or change files (it runs in a worker process,
-    under a timeout, only once training starts). A field the rows lack would fail every call.
-    """
-    try:
-        signature = inspect.signature(bound.fn)
-    except (TypeError, ValueError):  # some C callables have no signature: the run counts their failures
-        return
-    fields = {**row, **bound.kwargs}  # as the worker passes them: a config kwarg overrides a row field
-    keywords = {name: value for name, value in fields.items()
-                if name not in bound.positional and (bound.accepted is None or name in bound.accepted)}
-    try:
-        signature.bind("prompt", "completion", **keywords)
-    except TypeError as exc:
-        raise RewardFunctionError(
-            f"reward {spec!r} cannot be called with the fields of row 1 of data.train ({exc}); "
-            f"the row has fields: {', '.join(row)}"
-        ) from None
+
+def check_combinations(config: RLPostConfig) -> None:
+    """Cross-section settings no run can use, and the few one runtime cannot (each message names the keys)."""
+    cluster = config.cluster
+    if cluster.learner_ranks > 1 and config.learner.backend != "deepspeed":
+        raise ConfigError("cluster.learner_ranks > 1 needs learner.backend: deepspeed")
+    if cluster.learner_ranks > config.train.prompts_per_step * config.rollout.n:
+        raise ConfigError("cluster.learner_ranks exceeds the sequences per step (train.prompts_per_step x rollout.n)")
+    if config.blending.name != "none" and cluster.learner_ranks > 1:
+        raise ConfigError(
+            f"blending.name={config.blending.name!r} needs cluster.learner_ranks: 1 "
+            "(a blended step's SFT and validation batches are not sharded over learner ranks)"
+        )
+    check_blending_filter(config)
+
+
+def check_blending_filter(config: RLPostConfig) -> None:
+    """Refuse a controller that routes failed questions to SFT under DAPO's dynamic sampling."""
+    filtering = config.objective.name == "dapo" and config.objective.dapo.filter_groups
+    if filtering and config.blending.name in ROUTES_BY_SUCCESS:
+        raise ConfigError(
+            f"blending.name={config.blending.name!r} cannot run with objective.dapo.filter_groups: true: dynamic "
+            "sampling drops every group whose rollouts all fail before blending routes it, and those never-solved "
+            f"questions are the ones {config.blending.name} sends to SFT (with gate 0 its SFT branch never runs); "
+            "set objective.dapo.filter_groups: false"
+        )

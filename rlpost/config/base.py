@@ -4,7 +4,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Section(BaseModel):
-    """A config section. Field docstrings become the field descriptions (`rlpost config show --doc`)."""
+    """A config section. Field docstrings become the field descriptions (`rlpost config fields`, docs/config.md)."""
 
     model_config = ConfigDict(
         extra="forbid",

@@ -28,7 +28,6 @@ from rlpost.config.schema import RLPostConfig
 from rlpost.io.checkpoint import latest_checkpoint, prune_checkpoints, resume_checkpoint, write_checkpoint
 from rlpost.learner.batch import TrainBatch, build_train_batch, prepare_update
 from rlpost.loop.batches import BatchPlanner
-from rlpost.loop.checks import check_config
 from rlpost.loop.parts import RunParts, build_parts
 from rlpost.loop.progress import ProgressBar
 from rlpost.loop.setup import config_digest, load_rng, save_rng, seed_everything
@@ -70,7 +69,6 @@ class TrainingRun:
 
     def __init__(self, config: RLPostConfig, executor: Executor | None = None, hooks: RunHooks | None = None,
                  engine_factory=None):
-        check_config(config)
         preflight(config)
         self.config = config
         self.output_dir = Path(config.train.output_dir)

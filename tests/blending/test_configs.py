@@ -9,7 +9,7 @@ import pytest
 from rlpost.blending import build_controller, controller_names
 from rlpost.config import load_config
 from rlpost.config.errors import ConfigError
-from rlpost.loop.checks import check_config
+from rlpost.preflight import check_combinations
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -49,7 +49,7 @@ def test_hpt_with_dapo_dynamic_sampling_is_refused():
     config = load_config(CONFIGS / "hpt.yaml", ["objective.name=dapo"])
     assert config.objective.dapo.filter_groups  # DAPO's default
     with pytest.raises(ConfigError) as error:
-        check_config(config)
+        check_combinations(config)
     message = str(error.value)
     assert "blending.name='hpt'" in message and "objective.dapo.filter_groups" in message
     assert "never-solved" in message and "\n" not in message
@@ -66,4 +66,4 @@ def test_hpt_with_dapo_dynamic_sampling_is_refused():
 def test_blending_runs_where_the_filter_empties_no_branch(name, overrides):
     config = load_config(CONFIGS / f"{name}.yaml", overrides)
     assert config.objective.name == "dapo" and config.blending.name == name
-    assert check_config(config) is None
+    assert check_combinations(config) is None
