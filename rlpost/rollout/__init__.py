@@ -26,9 +26,14 @@ def build_engine(
     created with sleep mode so `VLLMEngine.sleep()` can free the memory. The HF engine ignores it.
     """
     if rollout_config.engine == "hf":
+        import torch
+
         from rlpost.rollout.hf import HFEngine
 
-        return HFEngine(model_path, dtype=rollout_config.dtype, batch_size=rollout_config.batch_size, seed=seed)
+        # The first visible GPU when there is one (a Ray actor sees only the GPU it was given).
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return HFEngine(model_path, dtype=rollout_config.dtype, batch_size=rollout_config.batch_size, seed=seed,
+                        device=device)
     if rollout_config.engine == "vllm":
         # find_spec, not import: VLLMEngine must set vLLM's environment before vLLM is imported.
         if importlib.util.find_spec("vllm") is None:
