@@ -22,7 +22,8 @@ def learner_objective(config: Any):
     from rlpost.runtime.correction import wrap_objective
 
     inner = get_objective(config.objective.name)(config.objective, config.rollout.max_new_tokens)
-    return wrap_objective(inner, config.cluster.is_mode(config.objective.name), config.cluster.is_cap)
+    cluster = config.cluster
+    return wrap_objective(inner, cluster.is_mode(config.objective.name), cluster.is_cap, cluster.is_floor)
 
 
 def build_learner(config: Any, model_path: str):
