@@ -323,6 +323,9 @@ class LoggingConfig(Section):
 class CheckpointConfig(Section):
     every_steps: int = Field(10, ge=0)
     """Save a resumable checkpoint every N steps (0: only at the end)."""
+    at_end: bool = True
+    """Save a checkpoint after the last step (and always when a run is stopped by SIGTERM), so that a later
+    run with more `train.steps` continues from it."""
     keep_last: int = Field(2, ge=1)
     """Complete checkpoints kept; older ones are deleted."""
     export_final: bool = True

@@ -257,11 +257,15 @@ class TrainingRun:
         # Logged before the checkpoint: a run killed in between resumes from the previous checkpoint
         # and rewrites this record, while the other order would lose it for good.
         self.metrics.log(steps_done, metrics)
-        every = self.config.checkpoint.every_steps
-        if final or self.stop_requested or (every and steps_done % every == 0):
+        if self._checkpoint_due(steps_done):
             self.save_checkpoint(steps_done)
         self.hooks.on_step(self, steps_done, metrics)
         return metrics
+
+    def _checkpoint_due(self, steps_done: int) -> bool:
+        every = self.config.checkpoint.every_steps
+        final = steps_done == self.total_steps and self.config.checkpoint.at_end
+        return final or self.stop_requested or bool(every and steps_done % every == 0)
 
     def _step_figures(self, training: PendingStep, event: Trained) -> dict[str, float]:
         now = time.perf_counter()

@@ -18,7 +18,7 @@ def _run(tmp_path, fused: bool) -> list[dict]:
     folder = tmp_path / f"fused-{fused}"
     config = load_config(
         None,
-        [*TINY_RUN, "rollout.engine=hf", "train.steps=3", "learner.mixed_precision=no", "checkpoint.every_steps=0",
+        [*TINY_RUN, "rollout.engine=hf", "train.steps=3", "learner.mixed_precision=no", "checkpoint.every_steps=0", "checkpoint.at_end=false",
          f"learner.fused_logprobs={str(fused).lower()}", "learner.logprob_chunk_size=7", f"train.output_dir={folder}"],
     )
     TrainingRun(config).fit()

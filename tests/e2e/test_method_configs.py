@@ -65,7 +65,7 @@ def weights_changed(before: Path, after: Path) -> tuple[int, int]:
 def test_method_config_trains_three_steps(tmp_path, smollm2_path, method):
     config = load_config(
         METHOD_CONFIGS[method],
-        [*TINY_RUN, "rollout.engine=hf", "train.steps=3", "checkpoint.every_steps=0", f"train.output_dir={tmp_path}",
+        [*TINY_RUN, "rollout.engine=hf", "train.steps=3", "checkpoint.every_steps=0", "checkpoint.at_end=false", f"train.output_dir={tmp_path}",
          *SCALED_DOWN.get(method, [])],
     )
     assert config.objective.name == method

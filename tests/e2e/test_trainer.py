@@ -48,7 +48,7 @@ ONLY_THE_LAST_CHECKPOINT = ["checkpoint.every_steps=0", "checkpoint.export_final
 
 
 def test_resumed_run_matches_uninterrupted_run(tmp_path, smollm2_path):
-    uninterrupted = _train(tmp_path, "a", "train.steps=3", *ONLY_THE_LAST_CHECKPOINT)
+    uninterrupted = _train(tmp_path, "a", "train.steps=3", *ONLY_THE_LAST_CHECKPOINT, "checkpoint.at_end=false")
     first_part = _train(tmp_path, "b", "train.steps=2", *ONLY_THE_LAST_CHECKPOINT)
     assert [r["step"] for r in first_part] == [1, 2]
     assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "ckpt-00000002"

@@ -46,6 +46,7 @@ def runtime_config(model_path: str, output_dir: Path, *overrides: str):
         "logging.tensorboard=false",
         "logging.progress_bar=false",
         "checkpoint.every_steps=0",
+        "checkpoint.at_end=false",
         "checkpoint.export_final=false",
         "reward.num_workers=1",
         # math_verify is the real reward; the length term gives every group reward spread, so a

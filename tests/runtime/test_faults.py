@@ -4,7 +4,6 @@ killed mid-generation is restarted and its groups regenerated, a stuck weight sy
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 
@@ -62,7 +61,6 @@ def faulty_run(model_path, tmp_path_factory):
     hooks = KillSlowWorkerOnce()
     trainer = TrainingRun(config, engine_factory=SlowEngineFactory({0: SLOW_SECONDS}), hooks=hooks)
     summary = trainer.fit()
-    shutil.rmtree(output_dir / "checkpoints")  # 1.6 GB; only the metrics are checked
     return hooks, summary, read_metrics(output_dir)
 
 

@@ -58,7 +58,7 @@ def ray_session(tmp_path_factory):
 def _config(model_path, output_dir, runtime: str, *overrides: str):
     return runtime_config(
         model_path, output_dir, "rollout.engine=hf", f"train.steps={STEPS}", "train.threads=1",
-        "cluster.threads_per_actor=1", f"cluster.runtime={runtime}", *overrides,
+        "cluster.threads_per_actor=1", f"cluster.runtime={runtime}", "checkpoint.at_end=true", *overrides,
     )
 
 

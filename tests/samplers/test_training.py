@@ -49,6 +49,7 @@ RUN = [
     f"reward.functions=[{{name: '{LEVEL_REWARD}:by_level'}}]",
     "reward.correct_reward=null",
     "checkpoint.every_steps=0",
+    "checkpoint.at_end=false",
 ]
 CONFIG_FILES = {"uniform": "quickstart.yaml", "vade": "vade.yaml", "knapsack": "knapsack.yaml"}
 SAMPLER_OVERRIDES = {
