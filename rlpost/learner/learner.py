@@ -10,6 +10,7 @@ batch because every micro-batch loss is divided by the whole step's normalisers 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,8 +135,13 @@ class Learner:
         self.module.train()
         ref_logp = self.frozen_logprobs(self.reference, batch) if self.reference is not None else None
         updates = self.config.learner.updates_per_batch
-        # With one update per batch, old == current policy: logp.detach() is exact and saves a forward.
-        old_logp = self.frozen_logprobs(self.module, batch) if updates > 1 else None
+        # With one update per batch, old == current policy: logp.detach() is exact and saves a forward,
+        # unless an off-policy rejection must know the whole step's old log-probs before counting its tokens.
+        rejects = self.objective.rejects_tokens
+        old_logp = self.frozen_logprobs(self.module, batch) if updates > 1 or rejects else None
+        if rejects:  # rejected tokens leave the step's normalisers as well as the loss
+            mask = self.objective.loss_mask(old_logp, batch.behaviour_logp, batch.response_mask)
+            batch = dataclasses.replace(batch, response_mask=mask)
         metrics: dict[str, list[float]] = defaultdict(list)
         order = torch.randperm(batch.size) if updates > 1 else torch.arange(batch.size)
         for mini_rows in update_rows(order, updates_per_rank(batch.size, updates)):

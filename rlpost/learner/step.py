@@ -80,9 +80,28 @@ def apply_gradients(optimizer, engine, module: torch.nn.Module, config: RLPostCo
     return grad_norm
 
 
+def holds_gradients(engine) -> bool:
+    """Whether DeepSpeed keeps the step's gradients in its own optimizer (ZeRO, or its bf16 optimizer)
+    rather than in the parameters' `.grad`."""
+    if engine is None:
+        return False
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    return isinstance(engine.optimizer, ZeROOptimizer)
+
+
 def optimizer_step(optimizer, scheduler, engine, module: torch.nn.Module, config: RLPostConfig, lr_factor: float) -> tuple[float, float]:
     """Clip, step with the learning rate scaled for this step only, restore, advance the schedule.
-    Returns (pre-clip gradient norm, applied learning rate)."""
+    Returns (pre-clip gradient norm, applied learning rate).
+
+    A factor of exactly 0 (VCPO: no usable sample in the step) skips the step: the gradients are
+    dropped and neither the optimizer (Adam's moments, its step count) nor the schedule moves. Where
+    the gradients live inside a ZeRO / bf16 optimizer they cannot be dropped from here, and the step
+    runs at learning rate 0 (the moments still move).
+    """
+    if lr_factor == 0.0 and not holds_gradients(engine):
+        module.zero_grad(set_to_none=True)
+        return 0.0, 0.0
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["lr"] *= lr_factor

@@ -94,6 +94,9 @@ class Objective:
     """Whether `compute_loss` needs `LossInputs.entropy` (the learner then computes it)."""
     needs_token_ids: bool = False
     """Whether `AdvantageInputs.token_ids` and `.mask` must be filled (GTPO's conflict masks)."""
+    rejects_tokens: bool = False
+    """Whether `loss_mask` may remove tokens (off-policy rejection): the learner then needs the old
+    log-probs of the whole step before counting its normalisers."""
 
     def __init__(self, config: ObjectiveConfig, max_response_length: int):
         self.config = config

@@ -195,6 +195,10 @@ class ISCorrectedObjective(Objective):
         return self.inner.needs_reference
 
     @property
+    def rejects_tokens(self) -> bool:  # type: ignore[override]
+        return self.mode in REJECTION_MODES
+
+    @property
     def per_trajectory_baseline(self) -> bool:  # type: ignore[override]
         return self.inner.per_trajectory_baseline
 
