@@ -183,7 +183,11 @@ class RayExecutor(RolloutPool, Executor):
         self.pending.append(unit)
 
     def train(self, request: LearnerRequest) -> None:
+        """Queue the step and start it now if the transport allows; idle engines behind the published
+        version are asked to sync first (an actor runs its calls in order)."""
         self.queued = request
+        self._schedule()
+        self._maybe_start_training()
 
     def wait(self) -> list[Generated | Trained]:
         if self.stash:
