@@ -80,7 +80,7 @@ def _smoke_model(dry: bool) -> tuple[str, str]:
 
     explicit = os.environ.get("RLPOST_SMOKE_MODEL")
     if explicit:
-        return explicit, "RLPOST_SMOKE_MODEL"
+        return explicit, f"{Path(explicit).name} (RLPOST_SMOKE_MODEL)"
     cached = builtin_model_dir("smollm2-135m-instruct")
     if (cached / "config.json").is_file():
         return str(cached), "quickstart model (smollm2-135m-instruct)"
@@ -282,7 +282,7 @@ def _bench_case(bench, case, device) -> dict:
     for path in ("plain", "fused"):
         try:
             row[f"{path} ms"], row[f"{path} GiB"] = _bench_path(bench, case, path, inputs, device)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # the older spelling: the image may predate torch.OutOfMemoryError
             row[f"{path} ms"], row[f"{path} GiB"] = math.nan, "OOM"  # reported, not a failure
         finally:
             for t in inputs[:2]:
@@ -322,7 +322,8 @@ def _bench_path(bench, case, path, inputs, device) -> tuple[float, float | None]
 
 def check_grpo_3steps(dry: bool) -> str:
     """Three GRPO steps through the Python API: DeepSpeed learner (one rank, bf16 autocast) and the
-    HF engine, both on the GPU (CPU with --dry); metrics.jsonl must show 3 steps with finite loss."""
+    HF engine, both on the GPU (CPU with --dry); metrics.jsonl must show 3 steps with finite loss
+    and a non-zero gradient."""
     import torch
 
     import rlpost
@@ -331,6 +332,9 @@ def check_grpo_3steps(dry: bool) -> str:
 
     model, chosen = _smoke_model(dry)
     devices = _record_devices(Learner, HFEngine)
+    # The quickstart's rewards plus one that varies within every group, so that advantages (and
+    # the gradient) are not all zero even for the random-weight model or 16-token answers.
+    rewards = ["math_verify", ("boxed_format", 0.2), (f"{Path(__file__).resolve()}:checksum_reward", 0.5)]
     with tempfile.TemporaryDirectory(prefix="rlpost-gpu-smoke-") as out:
         overrides = {
             "model.path": model, "learner.backend": "deepspeed", "learner.mixed_precision": "bf16",
@@ -341,17 +345,29 @@ def check_grpo_3steps(dry: bool) -> str:
             # the GPU image has no tensorboard; the bar would flood the smoke's output
             "logging.tensorboard": False, "logging.progress_bar": False, "train.output_dir": out,
         }
-        rlpost.train(ROOT / "configs" / "quickstart.yaml", log_level="WARNING", **overrides)
+        rlpost.train(ROOT / "configs" / "quickstart.yaml", reward_functions=rewards, log_level="WARNING", **overrides)
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    losses = [row["actor/loss"] for row in rows if "actor/loss" in row]
-    if len(losses) != 3 or not all(math.isfinite(v) for v in losses):
-        raise Failure(f"expected 3 finite actor/loss values in metrics.jsonl, got {losses}")
+    steps = [row for row in rows if "actor/loss" in row]
+    losses = [row["actor/loss"] for row in steps]
+    norms = [row.get("actor/grad_norm", math.nan) for row in steps]
+    if len(losses) != 3 or not all(math.isfinite(v) for v in losses + norms):
+        raise Failure(f"expected 3 steps with finite actor/loss and grad_norm, got {losses}, {norms}")
+    if not any(norm > 0 for norm in norms):
+        raise Failure(f"the gradient was zero at every step: {norms}")
     want = "cpu" if dry else "cuda"
     if devices.get("learner") != want or devices.get("engine") != want:
         raise Failure(f"learner on {devices.get('learner')}, engine on {devices.get('engine')}; expected {want}")
     memory = f"; cuda peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if not dry else ""
-    loss_text = ", ".join(f"{v:.4f}" for v in losses)
-    return f"{chosen}; learner {devices['learner']}, HF engine {devices['engine']}; loss {loss_text}{memory}"
+    loss_text = ", ".join(f"{v:.3g}" for v in losses)
+    norm_text = ", ".join(f"{v:.3f}" for v in norms)
+    return (f"{chosen}; learner {devices['learner']}, HF engine {devices['engine']}; "
+            f"loss {loss_text}; grad norm {norm_text}{memory}")
+
+
+def checksum_reward(prompt: str, completion: str, **row_fields) -> float:
+    """A deterministic pseudo-random score of the text in [0, 1]: differs between almost any two
+    completions, so every group has reward variance (nothing is learned from it; it is a smoke test)."""
+    return sum(map(ord, completion)) % 101 / 100
 
 
 def _record_devices(learner_cls, engine_cls) -> dict:

@@ -17,8 +17,10 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 pip=("$PYTHON" -m pip --disable-pip-version-check)
 
-# Binary wheels for the target image, whatever this machine's Python is.
-target=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none
+# Binary wheels for the target image, whatever this machine's Python is (RLPOST_WHEELS_PYTHON=3.11:
+# for an image with another Python, e.g. to rehearse the offline install on this machine).
+py="${RLPOST_WHEELS_PYTHON:-3.12}"
+target=(--no-deps --only-binary=:all: --python-version "$py" --implementation cp --abi "cp${py/./}" --abi abi3 --abi none
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any)
 wanted=(
   # rlpost's config schema
