@@ -305,7 +305,8 @@ def evaluate(model: str, data: str = "arithmetic", *, split: str = "test", confi
 def _run_eval(model: str, data: str, settings: Mapping[str, Any], config: ConfigLike, *, engine: str,
               dtype: str, seed: int) -> dict[str, Any]:
     from rlpost.config.schema import RolloutConfig
-    from rlpost.evaluation import EVAL_REWARDS, evaluate as evaluate_prompts
+    from rlpost.evaluation import EVAL_REWARDS
+    from rlpost.evaluation import evaluate as evaluate_prompts
     from rlpost.models import check_model_folder, resolve_model
     from rlpost.rewards.manager import RewardManager
     from rlpost.rollout import build_engine

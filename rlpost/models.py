@@ -185,7 +185,12 @@ def hub_snapshot(repo_id: str, *, local_only: bool = False, missing_ok: bool = F
     """The folder of a Hub model's safetensors, config and tokenizer files, downloaded into the Hugging Face
     cache (HF_HOME / HF_HUB_CACHE) unless cached, or into `local_dir`; None if `missing_ok` and not cached."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         folder = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=local_only or hub_offline(),

@@ -237,7 +237,7 @@ class TrainingRun:
         self.hooks.on_train_start(self, self.version)
 
     def _finish_step(self, event: Trained) -> dict[str, float]:
-        from rlpost.runtime.correction import combine_stats
+        from rlpost.objectives.offpolicy import combine_stats
 
         training, self.training = self.training, None
         self.version = event.batch_index + 1

@@ -156,7 +156,7 @@ class Objective:
 
     def loss_mask(self, old_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The step's mask [N, T] that `StepScale` is counted from: `mask` itself (default), or without
-        the tokens an off-policy rejection removes (`rlpost.runtime.correction`), so they leave the normalisers."""
+        the tokens an off-policy rejection removes (`rlpost.objectives.offpolicy`), so they leave the normalisers."""
         del old_logp, behaviour_logp
         return mask
 

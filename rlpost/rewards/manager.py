@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from rlpost.registry import closest
 from rlpost.config.schema import RewardConfig, RewardFunctionConfig
+from rlpost.registry import closest
 from rlpost.rewards.binding import bind_reward
 from rlpost.rewards.errors import RewardFunctionError
 from rlpost.rewards.pool import FAILURE_KINDS, Outcome, Task, WorkerPool, WorkerReward

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
 import os
 import reprlib
 import signal
@@ -22,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 

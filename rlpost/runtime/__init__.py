@@ -6,8 +6,8 @@
   DeepSpeed group), reward workers; weight sync behind `transport.WeightSync`, one file per
   transport (`sync_object_store.py`, `sync_broadcast.py`).
 - `buffer.py`: generation requests, the staleness rule and the bounded buffer (pure rules);
-  `correction.py`: the importance-sampling correction of off-policy data; `work.py`: the work both
-  executors run (a generation unit, an optimizer step, an evaluation).
+  `work.py`: the work both executors run (a generation unit, an optimizer step, an evaluation).
+  The importance-sampling correction the learner applies is math, in `rlpost.objectives.offpolicy`.
 
 The step itself (batches, advantages, blending, metrics, checkpoints) is `rlpost.loop`.
 """

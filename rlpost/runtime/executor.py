@@ -44,7 +44,7 @@ class LearnerResult:
     metrics: dict[str, float]
     """The learner's step metrics, reduced over every rank."""
     is_stats: list[dict[str, float]] | None = None
-    """Every rank's importance-weight accumulators (`rlpost.runtime.correction.combine_stats`), or None."""
+    """Every rank's importance-weight accumulators (`rlpost.objectives.offpolicy.combine_stats`), or None."""
     probe: Any = None
     """A blended step's `BlendProbe`."""
     controller: Any = None

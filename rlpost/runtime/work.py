@@ -18,8 +18,8 @@ REFERENCE_FILE = "reference.safetensors"
 def learner_objective(config: Any):
     """The objective the learner computes the loss with: the configured one, wrapped in the
     importance-sampling correction `cluster.is_correction` puts in force."""
+    from rlpost.objectives.offpolicy import wrap_objective
     from rlpost.objectives.registry import get_objective
-    from rlpost.runtime.correction import wrap_objective
 
     inner = get_objective(config.objective.name)(config.objective, config.rollout.max_new_tokens)
     cluster = config.cluster

@@ -17,7 +17,6 @@ from rlpost.samplers.budget_solver import solve_budget
 from rlpost.samplers.outcomes import information_score
 
 
-
 class KnapsackConfig(Section):
     """Knapsack RL (ALGORITHMS.md §11): per-prompt rollout budgets from a knapsack over p(1-p)^2 value.
 

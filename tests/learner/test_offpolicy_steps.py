@@ -9,8 +9,8 @@ from rlpost.config.schema import RLPostConfig
 from rlpost.learner.batch import build_train_batch, prepare_update
 from rlpost.learner.learner import Learner
 from rlpost.learner.step import optimizer_step
+from rlpost.objectives.offpolicy import wrap_objective
 from rlpost.objectives.registry import get_objective
-from rlpost.runtime.correction import wrap_objective
 from tests.conftest import make_groups
 
 

@@ -13,9 +13,9 @@ from rlpost.config.errors import ConfigError
 from rlpost.config.objective import ObjectiveConfig
 from rlpost.objectives.base import LossInputs
 from rlpost.objectives.core import step_scale_of
+from rlpost.objectives.offpolicy import ISCorrectedObjective, combine_stats, importance_weights, wrap_objective
 from rlpost.objectives.registry import get_objective
 from rlpost.runtime.buffer import RolloutBuffer, may_generate, merge_reward_metrics, plannable
-from rlpost.runtime.correction import ISCorrectedObjective, combine_stats, importance_weights, wrap_objective
 from rlpost.types import Completion, Group, Prompt
 
 

@@ -1,0 +1,44 @@
+"""The quickstart's own engine and precisions in a short run: vLLM bf16 rollouts at temperature 0.7,
+the DeepSpeed learner in bf16 mixed precision, the real rewards. Only the sizes are cut down."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlpost.config import load_config
+from rlpost.io.metrics import read_metrics
+from rlpost.loop import TrainingRun
+from tests.runtime.helpers import RUNTIME_DIR
+
+pytest.importorskip("vllm")
+pytest.importorskip("deepspeed")
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.deepspeed]
+
+SMALLER = [
+    "train.steps=2", "train.prompts_per_step=2", "rollout.n=4", "rollout.max_new_tokens=32",
+    "rollout.vllm.enforce_eager=true", "rollout.vllm.kv_cache_space_gib=1", "learner.micro_batch_size=4",
+    "data.test=null", "checkpoint.every_steps=0", "checkpoint.at_end=false", "logging.progress_bar=false",
+    "logging.tensorboard=false", "data.arithmetic.train_size=16", "optimizer.lr=1e-4", "optimizer.warmup_steps=0",
+    # The quickstart's rewards, plus one with spread in every group so that two short steps surely have a gradient.
+    "reward.functions=[{name: math_verify, weight: 1.0}, {name: boxed_format, weight: 0.2}, "
+    f"{{name: '{RUNTIME_DIR / 'rewards.py'}:text_length_reward', weight: 0.1}}]",
+]
+
+
+def test_quickstart_engine_and_precisions_train(tmp_path, smollm2_path):
+    config = load_config("configs/quickstart.yaml", [*SMALLER, f"train.output_dir={tmp_path}"])
+    assert (config.rollout.engine, config.rollout.dtype) == ("vllm", "bfloat16")
+    assert (config.learner.backend, config.learner.mixed_precision) == ("deepspeed", "bf16")
+    TrainingRun(config).fit()
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        assert torch.isfinite(torch.tensor([record["actor/loss"], record["actor/grad_norm"]])).all()
+        assert record["actor/grad_norm"] > 0, "no policy gradient: the run would not have moved"
+    exported = load_file(tmp_path / "final" / "model.safetensors")
+    initial = load_file(f"{smollm2_path}/model.safetensors")
+    moved = [name for name in initial if not torch.equal(initial[name], exported[name].to(initial[name].dtype))]
+    assert moved, "the exported policy equals the initial model"
