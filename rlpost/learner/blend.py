@@ -10,7 +10,7 @@ import torch
 
 from rlpost.blending.base import BlendPlan, BlendProbe
 from rlpost.learner.accumulate import Accumulated, Demonstration, PolicyGradient, Strategy, accumulate
-from rlpost.learner.batch import PolicyTargets, TrainBatch
+from rlpost.learner.batch import PolicyTargets, TrainBatch, micro_batches
 from rlpost.learner.distributed import all_reduce_sum
 
 Gradients = list[torch.Tensor | None]
@@ -47,6 +47,18 @@ def run_side(learner, batch: TrainBatch, strategy: Strategy, is_last: bool) -> t
         return result, None
     (entropy_sum,) = all_reduce_sum([result.entropy_sum])
     return result, entropy_sum / max(scale.tokens, 1)
+
+
+@torch.no_grad()
+def mean_entropy(learner, batch: TrainBatch, temperature: float) -> float:
+    """The policy's mean token entropy over `batch` at `temperature` (no top-k/top-p), all ranks."""
+    total = 0.0
+    for rows in micro_batches(batch.size, learner.micro_batch_size):
+        sub = batch.select(rows)
+        _, entropy = learner.token_logprobs(learner.module, sub, compute_entropy=True, temperature=temperature)
+        total += float((entropy.double().cpu() * sub.response_mask.double()).sum())
+    total, tokens = all_reduce_sum([total, float(batch.response_mask.sum())])
+    return total / max(tokens, 1.0)
 
 
 def take_gradients(params: list[torch.nn.Parameter]) -> Gradients:
@@ -101,11 +113,14 @@ def rl_side(learner, plan: BlendPlan, batch: TrainBatch, targets: PolicyTargets,
             val_grads: Gradients | None) -> Accumulated:
     """The RL side (one update per batch: the current policy is the old one), closing the accumulation."""
     ref_logp = learner.frozen_logprobs(learner.reference, batch) if learner.reference is not None else None
+    if plan.rl_entropy:
+        # Measured at temperature 1 like the demonstrations' entropy it is compared with (AMFT), not at
+        # the rollout temperature the RL loss's own forward uses.
+        probe.rl_entropy = mean_entropy(learner, batch, temperature=1.0)
     strategy = PolicyGradient(
         learner.objective, targets, ref_logp=ref_logp, weight=1.0 if plan.defer_weights else plan.rl_weight,
-        measure_entropy=plan.rl_entropy,
     )
-    rl, probe.rl_entropy = run_side(learner, batch, strategy, is_last=True)
+    rl, _ = run_side(learner, batch, strategy, is_last=True)
     probe.rl_loss = rl.loss
     probe.kl = rl.metrics.get("actor/kl_loss")
     if val_grads is not None:
