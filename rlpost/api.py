@@ -268,7 +268,7 @@ def check_eval_settings(settings: Mapping[str, Any], name: Callable[[str], str])
 
 def _eval_prompts(model_path: str, data: str, settings: Mapping[str, Any], config: ConfigLike) -> list:
     from rlpost.data import build_prompts, load_rows
-    from rlpost.trainer import load_tokenizer
+    from rlpost.loop.setup import load_tokenizer
 
     # The prompt format (system prompt, templates) of a training config, if one is given.
     if config is None:

@@ -1,7 +1,7 @@
 """Settings of the distributed runtime (Ray actors, placement, weight sync, async off-policy training).
 
-`runtime: local` runs everything in one process (`rlpost.trainer.Trainer`). `runtime: ray` runs the
-same components as Ray actors (`rlpost.runtime.RayTrainer`): rollout workers, learner ranks,
+`runtime: local` runs everything in one process (`rlpost.runtime.local.LocalExecutor`). `runtime: ray` runs the
+same work on Ray actors (`rlpost.runtime.ray_executor.RayExecutor`): rollout workers, learner ranks,
 reward workers; a laptop and a multi-node GPU cluster differ only in this section. See
 docs/cluster.md.
 """

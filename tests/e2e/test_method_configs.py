@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from rlpost.config import load_config
 from rlpost.io.metrics import read_metrics
+from rlpost.loop import TrainingRun
 from rlpost.objectives.registry import objective_names
-from rlpost.trainer import Trainer
 from tests.e2e.test_trainer import TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_method_config_trains_three_steps(tmp_path, smollm2_path, method):
          *SCALED_DOWN.get(method, [])],
     )
     assert config.objective.name == method
-    Trainer(config).fit()
+    TrainingRun(config).fit()
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3]
     for record in records:

@@ -17,8 +17,8 @@ from rlpost.config import ConfigError, load_config
 from rlpost.config.schema import DataConfig
 from rlpost.data import DatasetError, build_training_prompts
 from rlpost.io.checkpoint import write_checkpoint
+from rlpost.loop.setup import load_tokenizer
 from rlpost.models import ModelNotFoundError
-from rlpost.trainer import load_tokenizer
 from tests.reliability.runs import QUICKSTART, rlpost, train
 
 ROWS = [{"question": "What is 2 + 2?", "answer": "4"}, {"question": "What is 2 + 2? " * 40, "answer": "4"}]

@@ -1,4 +1,4 @@
-"""End to end: each sampler trains 3 steps through `rlpost.trainer` with groups of unequal size.
+"""End to end: each sampler trains 3 steps through `rlpost.loop` with groups of unequal size.
 
 A random tiny model with SmolLM2's tokenizer (HF engine) and the scripted `level_reward` keep a run to
 seconds. The training set is 3 problems, one per level, so every batch holds all three: an always
@@ -24,9 +24,9 @@ from rlpost.config import load_config
 from rlpost.config.schema import RLPostConfig
 from rlpost.io.metrics import read_metrics
 from rlpost.learner.batch import PolicyTargets, TrainBatch
+from rlpost.loop import TrainingRun
 from rlpost.samplers import SAMPLERS, PromptSampler, allocate_budgets, binary_outcomes
 from rlpost.samplers.outcomes import budget_histogram
-from rlpost.trainer import Trainer
 from rlpost.types import Group
 from tests.e2e.test_trainer import TINY_RUN
 
@@ -70,7 +70,7 @@ class Recording:
     """Per step, what the learner trained on."""
 
 
-def record(trainer: Trainer) -> Recording:
+def record(trainer: TrainingRun) -> Recording:
     """Wraps the trainer's sampler update and learner step to keep their inputs."""
     recording = Recording()
     learner = trainer.executor.learner  # the local executor's learner
@@ -136,13 +136,13 @@ def sizes_per_step(recording: Recording) -> list[list[int]]:
     return [[g.size for g in groups] for groups in recording.groups]
 
 
-def check_uniform(trainer: Trainer, recording: Recording, records: list[dict]) -> None:
+def check_uniform(trainer: TrainingRun, recording: Recording, records: list[dict]) -> None:
     assert sizes_per_step(recording) == [VARIED_BUDGETS] * STEPS
     for groups in recording.groups:
         assert sorted(g.prompt.row["level"] for g in groups) == [1, 2, 3]  # the whole 3-prompt epoch
 
 
-def check_vade(trainer: Trainer, recording: Recording, records: list[dict]) -> None:
+def check_vade(trainer: TrainingRun, recording: Recording, records: list[dict]) -> None:
     """Posteriors (and their logged mean) are the prior plus every success and failure, counted on
     the real group sizes."""
     assert sizes_per_step(recording) == [VARIED_BUDGETS] * STEPS
@@ -162,7 +162,7 @@ def check_vade(trainer: Trainer, recording: Recording, records: list[dict]) -> N
         assert trainer.sampler.posterior(prompt_id) == pytest.approx(tuple(expected))
 
 
-def check_knapsack(trainer: Trainer, recording: Recording, records: list[dict]) -> None:
+def check_knapsack(trainer: TrainingRun, recording: Recording, records: list[dict]) -> None:
     """Step 1 is uniform (no history); later steps follow §11.4 from the previous visits' outcomes."""
     settings = trainer.config.sampler.knapsack
     history: dict[str, list[int]] = {}
@@ -204,7 +204,7 @@ def test_sampler_trains_with_groups_of_unequal_size(tmp_path, tiny_chat_model_pa
         [*RUN, f"model.path={tiny_chat_model_path}", f"train.output_dir={tmp_path}", *SAMPLER_OVERRIDES[name]],
     )
     assert config.sampler.name == name
-    trainer = Trainer(config)
+    trainer = TrainingRun(config)
     if name != "knapsack":
         vary_budgets(trainer.sampler)
     recording = record(trainer)
