@@ -140,15 +140,15 @@ def check_triton_kernels(dry: bool) -> str:
     device = _device(dry)
     # dry: the interpreter is ~200x slower than torch, so tiny rows and a 16-wide tile (3 tiles over V=45)
     shapes = [(5, 45, 16)] if dry else [(64, 49152, None), (64, 151936, None)]
-    worst = 0.0
-    for rows, vocab, block_v in shapes:
-        for dtype in (torch.float32, torch.bfloat16):
-            worst = max(worst, _check_logprob_kernels(kernels, device, rows, vocab, block_v, dtype))
+    worst = {}  # per dtype: a bf16 error is one bf16 ulp of the values, not comparable with fp32's
     for dtype in (torch.float32, torch.bfloat16):
-        worst = max(worst, _check_policy_loss_kernels(kernels, device, (4, 9) if dry else (64, 512), dtype))
+        errors = [_check_logprob_kernels(kernels, device, rows, vocab, block_v, dtype) for rows, vocab, block_v in shapes]
+        errors.append(_check_policy_loss_kernels(kernels, device, (4, 9) if dry else (64, 512), dtype))
+        worst[str(dtype).removeprefix("torch.")] = max(errors)
     where = "TRITON_INTERPRET=1 on CPU tensors" if dry else f"compiled on {torch.cuda.get_device_name(0)}"
     shape_text = ", ".join(f"{r}x{v}" for r, v, _ in shapes)
-    return f"{where}; logits {shape_text} fp32/bf16, policy loss 4 KL estimators; max abs err {worst:.2e}"
+    errors_text = ", ".join(f"{dtype} {err:.1e}" for dtype, err in worst.items())
+    return f"{where}; logits {shape_text}, policy loss 4 KL estimators; max abs err {errors_text}"
 
 
 def _check_logprob_kernels(kernels, device, rows, vocab, block_v, dtype) -> float:
@@ -187,13 +187,16 @@ def _check_policy_loss_kernels(kernels, device, shape, dtype) -> float:
     mask = torch.rand(n, t, generator=gen) > 0.2
     grad = torch.randn(n, t, generator=gen)
     logp, old, ref, adv, grad = (x.to(dtype) for x in (logp, old, ref, adv, grad))
-    tolerance = dict(rtol=2.0**-6, atol=2.0**-6) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    # The reference runs in fp32 on the same (rounded) inputs: the kernel computes in fp32 and rounds
+    # once. The eager path in bf16 rounds after every op and, on thousands of tokens, lands on the
+    # other side of a clip boundary here and there (gradients off by whole units).
+    tolerance = dict(rtol=2.0**-6, atol=1e-5) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
     worst = 0.0
     for estimator in ("k1", "k2", "k3", "k3+"):
         options = (0.2, 0.28, 3.0, True, 0.1, estimator)
-        x = logp.clone().requires_grad_()
-        want = policy_loss_reference(x, old, adv, mask, ref, *options)
-        (want * grad).sum().backward()
+        x = logp.float().clone().requires_grad_()  # a fresh leaf per estimator (.float() of fp32 is no copy)
+        want = policy_loss_reference(x, old.float(), adv.float(), mask, ref.float(), *options)
+        (want * grad.float()).sum().backward()
         on_device = [v.to(device) for v in (logp, old, adv, mask, ref)]
         got = kernels.policy_loss_forward(*on_device, *options)
         got_grad = kernels.policy_loss_backward(grad.to(device), *on_device, *options)
@@ -268,7 +271,8 @@ def check_logprob_bench(dry: bool) -> str:
     rows = [_bench_case(bench, case, _device(dry)) for case in cases]
     if any(math.isnan(row["fused ms"]) for row in rows):
         raise Failure("the fused path failed (see above)")
-    speed = ", ".join(f"{row['case']} fused/plain {row['fused ms'] / row['plain ms']:.2f}x" for row in rows)
+    speed = ", ".join(f"{row['case']} " + (f"fused/plain {row['fused ms'] / row['plain ms']:.2f}x"
+                                            if not math.isnan(row["plain ms"]) else "plain OOM") for row in rows)
     return f"{len(rows)} cases on {'cpu' if dry else 'cuda'}; time {speed}"
 
 
@@ -277,7 +281,8 @@ def _bench_case(bench, case, device) -> dict:
     import torch
 
     inputs = [t.detach().to(device) for t in bench._inputs(case)]
-    inputs[0].requires_grad_(), inputs[1].requires_grad_()
+    for leaf in inputs[:2]:  # hidden and weight: the benchmark's gradients
+        leaf.requires_grad_()
     row = {"case": str(case)}
     for path in ("plain", "fused"):
         try:
