@@ -8,6 +8,7 @@ async/sync ratio, and the busy fractions of rollout and learner, then a JSON lin
 
     python benchmarks/async_overlap.py                       # vLLM engine, 2 rounds of 5-step segments
     python benchmarks/async_overlap.py --engine hf --rounds 2 --segment-steps 3
+    python benchmarks/async_overlap.py --runtime local       # the in-process runtime
 
 No wall-clock limits: ratios are what to read (the machine may be shared).
 """
@@ -49,7 +50,8 @@ def build_config(args: argparse.Namespace, output_dir: str):
         "rollout.batch_size=64",
         "rollout.vllm.kv_cache_space_gib=1",
         "rollout.vllm.enforce_eager=true",
-        "rollout.vllm.multiprocessing=false",
+        # Ray: the engine lives in its actor's process; local: in its own process, so the learner keeps its threads.
+        f"rollout.vllm.multiprocessing={str(args.runtime == 'local').lower()}",
         f"train.prompts_per_step={args.prompts}",
         f"train.steps={total}",
         f"train.output_dir={output_dir}",
@@ -63,7 +65,7 @@ def build_config(args: argparse.Namespace, output_dir: str):
         "checkpoint.every_steps=0",
         "checkpoint.export_final=false",
         "reward.num_workers=1",
-        "cluster.runtime=ray",
+        f"cluster.runtime={args.runtime}",
         "cluster.num_cpus=2",
         "cluster.rollout_cpus=1",
         "cluster.learner_cpus=0.75",
@@ -83,6 +85,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    parser.add_argument("--runtime", choices=["ray", "local"], default="ray")
     parser.add_argument("--rollout-dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="bf16")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")

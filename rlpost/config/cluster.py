@@ -109,9 +109,6 @@ class ClusterConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:
-        if self.runtime == "local":
-            if self.max_staleness > 0:
-                raise ValueError("cluster.max_staleness > 0 (async training) needs cluster.runtime: ray")
         if self.placement == "colocated" and self.max_staleness > 0:
             raise ValueError(
                 "cluster.placement: colocated shares devices between learner and engines, so they cannot overlap: "

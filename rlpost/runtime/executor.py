@@ -85,6 +85,15 @@ class ExecutorInfo:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def busy_summary(rollout_seconds: float, learner_seconds: float, engines: int, wall_seconds: float) -> dict[str, float]:
+    """Whole-run busy fractions: rollout over every engine's time, learner over the wall time."""
+    wall = wall_seconds or 1e-9
+    return {
+        "run/rollout_busy_frac": min(1.0, rollout_seconds / (max(engines, 1) * wall)),
+        "run/learner_busy_frac": min(1.0, learner_seconds / wall),
+    }
+
+
 class Executor:
     """Runs the loop's work. Subclasses implement every method."""
 

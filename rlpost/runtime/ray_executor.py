@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rlpost.runtime.buffer import WorkUnit
-from rlpost.runtime.executor import Executor, ExecutorInfo, Generated, LearnerRequest, Trained
+from rlpost.runtime.executor import Executor, ExecutorInfo, Generated, LearnerRequest, Trained, busy_summary
 from rlpost.runtime.rollout_pool import RolloutPool
 from rlpost.runtime.transport import WeightSyncError
 from rlpost.types import Prompt
@@ -397,10 +397,8 @@ class RayExecutor(RolloutPool, Executor):
         return times
 
     def summary(self, wall_seconds: float) -> dict[str, float]:
-        wall = wall_seconds or 1e-9
         return {
-            "run/rollout_busy_frac": min(1.0, self.run_rollout / (self.engines * wall)),
-            "run/learner_busy_frac": min(1.0, self.run_learner / wall),
+            **busy_summary(self.run_rollout, self.run_learner, self.engines, wall_seconds),
             "run/worker_restarts": float(self.restarts_total),
             "run/regenerated_units": float(self.regenerated_units),
         }
