@@ -28,6 +28,16 @@ class _BackendModule(_DummyBackendModule):
     def get_amp_supported_dtype(self) -> list[torch.dtype]:
         return [torch.bfloat16, torch.float16]
 
+    # torch.random.fork_rng (used by torch.library.opcheck, activation checkpointing, ...) saves and
+    # restores the generator of every registered backend. The simulated device draws from the CPU's
+    # generator, which fork_rng saves and restores itself: here there is nothing more to keep.
+    def get_rng_state(self, device: object = None) -> torch.Tensor:
+        del device
+        return torch.get_rng_state()
+
+    def set_rng_state(self, state: torch.Tensor, device: object = None) -> None:
+        del state, device
+
 
 if torch._C._get_privateuse1_backend_name() != NAME:
     _setup_privateuseone_for_python_backend(NAME, backend_module=_BackendModule())
