@@ -74,3 +74,13 @@ def make_groups(num_groups: int, sizes: list[int] | None = None, vocab: int = 12
                   reward_components={"math_verify": list(rewards)}, correct=[r > 0 for r in rewards])
         )
     return groups
+
+
+RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def fresh_process_environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a child process, without the torch.distributed rendezvous variables
+    that earlier tests of the session set: the child would join their (finished, or still listening)
+    group instead of forming its own."""
+    return {**{k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARIABLES}, **extra}

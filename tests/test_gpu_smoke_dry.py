@@ -3,13 +3,14 @@ with a reason; without CUDA and without --dry it fails at once."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import fresh_process_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^(PASS|FAIL|SKIP) (\w+) \((.*)\)$", re.MULTILINE)
@@ -19,7 +20,7 @@ CPU_CHECKS = ["environment", "triton_kernels", "fused_ops", "logprob_bench", "gr
 def _smoke(*args: str, **env: str) -> subprocess.CompletedProcess:
     # A hang guard, not a speed limit: the dry run takes ~3 minutes on a quiet 2-core machine.
     return subprocess.run(["bash", "scripts/gpu_smoke.sh", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHON=sys.executable, **env), timeout=1500)
+                          env=fresh_process_environment(PYTHON=sys.executable, **env), timeout=1500)
 
 
 def _lines(stdout: str) -> dict[str, tuple[str, str]]:

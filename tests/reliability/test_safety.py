@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import ipaddress
-import os
 import re
 import select
 import subprocess
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from rlpost.config.schema import RLPostConfig
+from tests.conftest import fresh_process_environment
 from tests.listening import listening_addresses, non_loopback
 from tests.reliability.runs import REPO, SUBPROCESS_TIMEOUT
 
@@ -87,11 +87,8 @@ def test_defaults_trust_no_remote_code_and_open_no_public_port():
 def listening_while(setup: str) -> set[str]:
     """Listening addresses of a Python process (and its children) that ran `setup` and now waits."""
     script = textwrap.dedent(setup) + "\nprint('ready', flush=True)\nsys.stdin.read()\n"
-    # A fresh process: rendezvous variables that earlier tests of this session left behind would make
-    # torch.distributed join their (finished) group instead of forming its own.
-    inherited = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     child = subprocess.Popen([sys.executable, "-c", "import sys\n" + script], cwd=REPO, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env={**inherited, "PYTHONPATH": str(REPO)})
+                             stdout=subprocess.PIPE, text=True, env=fresh_process_environment(PYTHONPATH=str(REPO)))
     try:
         # A hang guard (the child starts in seconds), not a speed limit.
         ready, _, _ = select.select([child.stdout], [], [], SUBPROCESS_TIMEOUT)
