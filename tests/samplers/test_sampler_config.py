@@ -49,9 +49,9 @@ def test_invalid_settings_are_rejected(bad):
 
 
 def test_the_shipped_samplers_are_registered_with_their_sections():
-    assert sorted(SAMPLERS.names()) == ["knapsack", "uniform", "vade"]
+    assert sorted(SAMPLERS.names()) == ["cures", "knapsack", "uniform", "vade"]
     assert [e.name for e in SAMPLERS.entries() if e.config is None] == ["uniform"]
-    assert sorted(SamplerConfig.model_fields) == ["knapsack", "name", "vade"]
+    assert sorted(SamplerConfig.model_fields) == ["cures", "knapsack", "name", "vade"]
     assert SamplerConfig.model_fields["knapsack"].annotation is KnapsackConfig
 
 
