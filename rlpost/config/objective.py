@@ -20,6 +20,7 @@ from pydantic import field_validator, model_validator
 
 from rlpost.config.base import Section
 from rlpost.config.plugins import known_plugin, with_plugin_sections
+from rlpost.objectives.kl_reward import KLInRewardConfig
 from rlpost.objectives.registry import OBJECTIVES, has_capability
 
 LossAggregation = Literal[
@@ -67,6 +68,8 @@ class ObjectiveKnobs(Section):
     """Weight beta of the KL-to-reference loss term; 0 means no reference model is loaded."""
     kl_estimator: KLEstimator = "k3"
     """Per-token KL estimator: k1 (log-ratio; verl `kl`), abs (|log-ratio|), k2 (squared; verl `mse`), k3 (low-variance, GRPO; verl `low_var_kl`); a trailing + (k1+, abs+, k3+, low_var_kl+, ...) keeps that value with k2's gradient."""
+    kl_in_reward: KLInRewardConfig = KLInRewardConfig()
+    """KL penalty in the reward (PPO): per-token k1 KL to the reference folded into the advantages, fixed or adaptive coefficient."""
     loss_agg: LossAggregation = "token-mean"
     """How per-token losses become one number, normalised over the whole optimizer step: token-mean (sum / tokens), token-sum (sum), seq-mean-token-mean, seq-mean-token-sum (sum / sequences), seq-mean-token-sum-norm (sum / L_max, verl before 0.9.1) or dr-grpo (sum / (sequences * L_max), which is verl 0.9.1's seq-mean-token-sum-norm)."""
     entropy_coef: float = 0.0

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from rlpost.blending.base import BlendPlan, BlendProbe
@@ -25,6 +27,7 @@ from rlpost.learner.accumulate import Accumulated, PolicyGradient, accumulate, p
 from rlpost.learner.batch import PolicyTargets, TrainBatch, micro_batches
 from rlpost.learner.distributed import (
     all_reduce_max,
+    all_reduce_sum,
     ensure_process_group,
     lr_scale_inputs,
     step_metrics,
@@ -35,8 +38,12 @@ from rlpost.learner.optim import build_optimizer, build_scheduler
 from rlpost.learner.policy import compute_device, load_policy, load_reference, model_device
 from rlpost.learner.step import backward, deepspeed_config, init_deepspeed, optimizer_step
 from rlpost.objectives.base import Objective, StepScale
+from rlpost.objectives.kl_reward import KLController, k1_kl, penalized_advantages, sequence_mean_sums
 from rlpost.objectives.sft import SFTLoss
 from rlpost.ops import model_token_logprobs
+
+KL_REWARD_FILE = "kl_reward.json"
+"""The KL-in-reward controller's state in the learner's checkpoint folder (beside `learner.json`)."""
 
 
 class Learner:
@@ -57,7 +64,13 @@ class Learner:
         self.model = load_policy(config, model_path, ds_config)
         if ds_config is None:
             self.model.to(device)  # before the optimizer: its state follows the parameters
-        self.reference = load_reference(config, model_path, device) if objective.needs_reference else None
+        self.kl_reward = KLController.from_config(config.objective.kl_in_reward)
+        """The KL-in-reward coefficient (`objective.kl_in_reward`), or None when that penalty is off."""
+        if self.kl_reward is not None and objective.per_trajectory_baseline:
+            raise ValueError("objective.kl_in_reward changes the advantages, which VCPO's per-trajectory (OPOB) "
+                             "gradient does not use: turn one of them off")
+        needs_reference = objective.needs_reference or self.kl_reward is not None
+        self.reference = load_reference(config, model_path, device) if needs_reference else None
         self.optimizer = build_optimizer(self.model.parameters(), config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, total_steps * config.learner.updates_per_batch, config.optimizer)
         if ds_config is not None:
@@ -142,12 +155,41 @@ class Learner:
         if rejects:  # rejected tokens leave the step's normalisers as well as the loss
             mask = self.objective.loss_mask(old_logp, batch.behaviour_logp, batch.response_mask)
             batch = dataclasses.replace(batch, response_mask=mask)
+        targets, kl_metrics = self.kl_reward_targets(batch, targets, ref_logp, old_logp)
         metrics: dict[str, list[float]] = defaultdict(list)
         order = torch.randperm(batch.size) if updates > 1 else torch.arange(batch.size)
         for mini_rows in update_rows(order, updates_per_rank(batch.size, updates)):
             for key, value in self._update(batch, mini_rows, targets, old_logp, ref_logp).items():
                 metrics[key].append(value)
-        return {key: sum(values) / len(values) for key, values in metrics.items()}
+        return {**{key: sum(values) / len(values) for key, values in metrics.items()}, **kl_metrics}
+
+    def kl_reward_targets(
+        self, batch: TrainBatch, targets: PolicyTargets, ref_logp: torch.Tensor | None, old_logp: torch.Tensor | None,
+    ) -> tuple[PolicyTargets, dict[str, float]]:
+        """`targets` with the KL-in-reward penalty folded into the advantages, and its metrics; then beta's update.
+
+        A_t = A - beta * sum_{s>=t} (old_logp_s - ref_logp_s) per token (`rlpost.objectives.kl_reward`),
+        with the beta of this step; the step's mean KL (over every rank's sequences) then moves the
+        controller. The old log-probs are the policy's before this step (one extra forward when the
+        step does not compute them anyway). Unchanged when `objective.kl_in_reward` is off.
+        """
+        if self.kl_reward is None:
+            return targets, {}
+        if ref_logp is None:
+            ref_logp = self.frozen_logprobs(self.reference, batch)
+        if old_logp is None:
+            old_logp = self.frozen_logprobs(self.module, batch)
+        mask = batch.response_mask
+        kl = k1_kl(old_logp, ref_logp, mask)
+        coef = self.kl_reward.value
+        advantages = penalized_advantages(targets.advantages, kl, mask, coef)
+        kl_sum, sequences = sequence_mean_sums(kl, mask)
+        if world_size() > 1:
+            kl_sum, sequences = all_reduce_sum([kl_sum, float(sequences)])
+        mean_kl = kl_sum / max(sequences, 1)
+        self.kl_reward.update(mean_kl, int(sequences))
+        metrics = {"kl_reward/coef": coef, "kl_reward/mean_kl": mean_kl}
+        return dataclasses.replace(targets, advantages=advantages), metrics
 
     def step_scale(self, batch: TrainBatch, rows: torch.Tensor) -> StepScale:
         return step_scale(batch, rows, self.config.rollout.max_new_tokens)
@@ -219,6 +261,9 @@ class Learner:
         """
         blend.check_plan(self, plan, decide)
         self.module.train()
+        kl_metrics = {}
+        if rl_batch is not None and rl_targets is not None:
+            rl_targets, kl_metrics = self.kl_reward_targets(rl_batch, rl_targets, None, None)
         sides = blend.gradient_passes(self, plan, (rl_batch, rl_targets), sft_batch, validation_batch, decide)
         lr_factor, lr_metrics = self._blend_lr_scale(sides.rl, rl_batch)
         grad_norm, lr = self._optimizer_step(lr_factor)
@@ -230,7 +275,7 @@ class Learner:
         metrics = step_metrics(
             blend.blend_shares(sides, rl_batch, sft_batch),
             {"actor/grad_norm": grad_norm, "actor/lr": lr, "blend/rl_weight": probe.rl_weight,
-             "blend/sft_weight": probe.sft_weight, **lr_metrics},
+             "blend/sft_weight": probe.sft_weight, **lr_metrics, **kl_metrics},
         )
         return metrics, probe
 
@@ -281,11 +326,16 @@ class Learner:
         export.export_hf(self.module, self.engine is not None and self.config.learner.zero_stage >= 3, folder, tokenizer)
 
     def save_state(self, folder: Path) -> None:
-        """Write the trainable weights, optimizer and schedule into `folder` (safe formats only)."""
+        """Write the trainable weights, optimizer and schedule into `folder` (safe formats only), and the
+        KL-in-reward coefficient (`KL_REWARD_FILE`, the same on every rank: rank 0 writes it)."""
         state.save_state(self, folder)
+        if self.kl_reward is not None and not (dist.is_initialized() and dist.get_rank() != 0):
+            (folder / KL_REWARD_FILE).write_text(json.dumps(self.kl_reward.state_dict()))
 
     def load_state(self, folder: Path) -> None:
         state.load_state(self, folder)
+        if self.kl_reward is not None and (folder / KL_REWARD_FILE).is_file():
+            self.kl_reward.load_state_dict(json.loads((folder / KL_REWARD_FILE).read_text()))
 
 
 def updates_per_rank(rows: int, updates: int) -> int:
