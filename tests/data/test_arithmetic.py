@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlpost.data import DatasetError, generate_arithmetic
+from rlpost.data.arithmetic_templates import NUMBER_WORDS, template_ids
 
 EQUATION = re.compile(r"(\d+) ([+\-×÷]) (\d+) = (\d+)")
 APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "×": lambda a, b: a * b, "÷": lambda a, b: a / b}
@@ -28,7 +29,7 @@ def check_row(row: dict, max_operand: int) -> None:
         previous = result
     assert row["answer"] == str(previous)
     assert row["solution"].endswith(f"\\boxed{{{row['answer']}}}.")
-    numbers_in_question = [int(n) for n in re.findall(r"\d+", row["question"])]
+    numbers_in_question = question_numbers(row["question"])
     assert max(numbers_in_question) <= max_operand
     first_left, _, first_right, _ = equations[0]
     # Every operand of the worked solution comes from the question (the first left operand too,
@@ -36,6 +37,13 @@ def check_row(row: dict, max_operand: int) -> None:
     for _, _, right, _ in equations:
         assert int(right) in numbers_in_question
     assert int(first_left) in numbers_in_question
+
+
+def question_numbers(question: str) -> list[int]:
+    """The numbers of a question, written as digits or as words."""
+    words = "|".join(NUMBER_WORDS)
+    return [int(n) if n.isdigit() else NUMBER_WORDS.index(n.lower())
+            for n in re.findall(rf"\b(\d+|{words})\b", question, flags=re.IGNORECASE)]
 
 
 def test_deterministic_for_a_seed():
@@ -46,7 +54,8 @@ def test_deterministic_for_a_seed():
 def test_levels_cycle_and_row_fields():
     rows = generate_arithmetic([1, 3], 40, seed=0)
     assert [row["level"] for row in rows] == [1, 3] * 20
-    assert all(set(row) == {"id", "question", "answer", "solution", "level"} for row in rows)
+    fields = {"id", "question", "answer", "solution", "level", "operation", "template", "distractor", "number_words"}
+    assert all(set(row) == fields for row in rows)
     assert len({row["id"] for row in rows}) == len(rows)
 
 
@@ -71,7 +80,7 @@ def test_level_one_is_one_small_operation():
     rows = generate_arithmetic([1], 500, seed=0, max_operand=20)
     for row in rows:
         assert len(EQUATION.findall(row["solution"])) == 1
-        assert all(int(n) <= 20 for n in re.findall(r"\d+", row["question"]))
+        assert all(n <= 20 for n in question_numbers(row["question"]))
     # Mostly addition and subtraction, which an untrained small model can sometimes do.
     symbols = [EQUATION.search(row["solution"]).group(2) for row in rows]
     assert sum(symbol in "+-" for symbol in symbols) > len(rows) / 2
@@ -96,6 +105,47 @@ def test_unknown_split_and_level():
         generate_arithmetic([4], 10)
 
 
-def test_too_many_problems_for_the_space():
+def test_too_many_problems_for_the_space(monkeypatch):
+    # Names, objects, distractors and number words make the real space far larger than any size
+    # asked for; with one pair of people, one object and small numbers it runs out.
+    from rlpost.data import arithmetic
+
+    monkeypatch.setattr(arithmetic, "PEOPLE", (("Tom", "he"), ("Mia", "she")))
+    monkeypatch.setattr(arithmetic, "ITEMS", ("apples",))
+    monkeypatch.setattr(arithmetic, "DISTRACTOR_RATE", 0.0)
     with pytest.raises(DatasetError, match=r"only \d+ distinct train problems"):
-        generate_arithmetic([1], 20_000, seed=0, max_operand=3)
+        generate_arithmetic([1], 5000, seed=0, max_operand=3)
+
+
+# ---------------------------------------------------------------- the split by template
+
+
+def test_test_split_uses_only_templates_never_in_train():
+    train = generate_arithmetic([1, 2, 3], 3000, seed=0, split="train")
+    test = generate_arithmetic([1, 2, 3], 600, seed=0, split="test")
+    train_templates = {row["template"] for row in train}
+    test_templates = {row["template"] for row in test}
+    assert not train_templates & test_templates
+    # Every template of a split shows up in a split of this size, and only that split's.
+    assert train_templates == template_ids("train") and test_templates == template_ids("test")
+    # The openings and question forms are split too: the test split's question endings never occur in train.
+    ending = re.compile(r"[^.]*\?$")
+    assert not {ending.search(r["question"]).group().strip() for r in test} & {
+        ending.search(r["question"]).group().strip() for r in train}
+
+
+def test_many_templates_and_every_kind_of_row():
+    rows = generate_arithmetic([1, 2, 3], 3000, seed=0, split="train") + generate_arithmetic([1, 2, 3], 600, split="test")
+    assert len(template_ids("train") | template_ids("test")) >= 30
+    assert {row["operation"] for row in rows} == {"add", "subtract", "multiply", "divide", "multi-step"}
+    assert {row["operation"] for row in rows if row["level"] > 1} == {"multi-step"}
+    assert 0.15 < sum(row["distractor"] for row in rows) / len(rows) < 0.35
+    assert 0.1 < sum(row["number_words"] for row in rows) / len(rows) < 0.3
+    assert any(re.search(r"\b(seven|twelve|three)\b", row["question"]) for row in rows if row["number_words"])
+    assert all(row["solution"].endswith(f"\\boxed{{{row['answer']}}}.") for row in rows)
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_test_split_answers_recomputed_from_solutions(level):
+    for row in generate_arithmetic([level], 200, seed=2, split="test"):
+        check_row(row, max_operand=20)
