@@ -4,6 +4,11 @@ Batch b is planned (its prompts drawn) once the learner has reached b - max_stal
 requests are split into units for the engines; their scored groups come back in any order and are
 assembled in unit order. With a group filter (DAPO's dynamic sampling) rounds repeat until enough
 groups are kept. The sampler sees every round's groups (`update`) in round order.
+
+A group filter with a `carry` (DAPO's `carry_surplus`) hands batch b's surplus groups to batch b + 1.
+Batches are then settled in index order: batch b + 1 decides whether it is complete, or needs another
+round, only once batch b is complete and its carried groups are known, whatever order the rounds
+finish in, so the batches are the same on every run and on a resumed one.
 """
 
 from __future__ import annotations
@@ -71,6 +76,12 @@ class BatchPlanner:
             index = self.next_index
             self.sampler_snapshots[index] = copy.deepcopy(self.sampler.state_dict())
             batch = BatchState(index, group_filter=self.objective.group_filter(self.prompts_per_step))
+            if getattr(batch.group_filter, "carry", None) is not None and max_staleness == 0:
+                raise ValueError(
+                    "objective.dapo.carry_surplus: carried groups are one policy version staler than the batch "
+                    "they join, and cluster.max_staleness 0 drops every such group; set cluster.max_staleness >= 1 "
+                    "(with its importance-sampling correction) or carry_surplus: false"
+                )
             self.batches[index] = batch
             units += self._plan_round(batch, max_staleness, engines)
             self.next_index += 1
@@ -113,17 +124,42 @@ class BatchPlanner:
             batch.groups, batch.complete = groups, True
             return []
         batch.group_filter.add_groups(groups)
-        if not batch.group_filter.ready:
+        return self._settle(batch, max_staleness, engines)
+
+    def _settle(self, batch: BatchState, max_staleness: int, engines: int) -> list[WorkUnit]:
+        """Decide a filtered batch whose last round is done: complete it, or plan its next round. With a
+        carry it first waits for the previous batch, then takes that batch's surplus; once complete it
+        carries its own surplus on and settles the next batch if that one waits for it."""
+        group_filter = batch.group_filter
+        carry = getattr(group_filter, "carry", None)
+        if carry is not None and group_filter.awaiting_carry:
+            previous = self.batches.get(batch.batch_index - 1)
+            if previous is not None and not previous.complete:
+                return []
+            group_filter.receive(carry.get(batch.batch_index))
+        if not group_filter.ready:
             return self._plan_round(batch, max_staleness, engines)
-        batch.groups, batch.filter_metrics = batch.group_filter.take()
+        batch.groups, batch.filter_metrics = group_filter.take()
         batch.complete = True
+        if carry is None:
+            return []
+        batch.filter_metrics.update(
+            carry.put(batch.batch_index + 1, group_filter.surplus, max_staleness, group_filter.prompts_per_step)
+        )
+        following = self.batches.get(batch.batch_index + 1)
+        if following is not None and not following.complete and following.round_done():
+            return self._settle(following, max_staleness, engines)
         return []
 
     def take(self, index: int) -> BatchState | None:
-        """Batch `index` once complete (removed from the planner), else None."""
+        """Batch `index` once complete (removed from the planner), else None. Its carried groups are
+        forgotten then: a checkpoint after this step keeps only those of the batches to come."""
         batch = self.batches.get(index)
         if batch is None or not batch.complete:
             return None
+        carry = getattr(batch.group_filter, "carry", None)
+        if carry is not None:
+            carry.forget_through(index)
         return self.batches.pop(index)
 
     def sampler_state(self, version: int) -> dict:

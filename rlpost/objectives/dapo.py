@@ -5,7 +5,8 @@ registered method defaults (clip 0.2/0.28, dual clip 10, token-mean); this modul
 
 - `overlong_penalty` / `DAPO.shape_rewards`: the soft overlong punishment added to the reward;
 - `DAPO.sequences_in_loss`: the optional overlong filter (truncated completions leave the loss);
-- `filter_groups` and `DynamicSampler`: dynamic sampling, pure helpers the trainer drives.
+- `filter_groups` and `DynamicSampler`: dynamic sampling, pure helpers the trainer drives;
+- `SurplusCarry`: the optional buffer of kept groups beyond a step's prompts (`carry_surplus`).
 
 How the trainer runs dynamic sampling (one training step):
 
@@ -17,14 +18,21 @@ How the trainer runs dynamic sampling (one training step):
                                                    # with on_exhausted=proceed); log the metrics
     ... rewards -> objective.shape_rewards -> compute_advantages on these groups only ...
 
+With `carry_surplus`, the kept groups beyond prompts_per_step are not dropped: they go first into
+the next batch (`rlpost.loop.batches.BatchPlanner` hands them over, in batch order). They keep the
+policy version that generated them, so the staleness rule (`cluster.max_staleness`) and the
+importance-sampling correction treat them as the stale groups they are; groups that would exceed
+max_staleness in the next batch are dropped when carried, so carrying needs max_staleness >= 1.
+
 Filtering uses the raw accuracy (or total score) of each group, before `shape_rewards`, so the
 overlong penalty never makes a group look informative (§2.2: use `acc`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import torch
 from pydantic import Field
@@ -33,7 +41,7 @@ from rlpost.config.base import Section
 from rlpost.objectives.base import AdvantageInputs, Metrics
 from rlpost.objectives.grpo import GRPO
 from rlpost.objectives.registry import OBJECTIVES
-from rlpost.types import Group
+from rlpost.types import Completion, Group, Prompt
 
 if TYPE_CHECKING:  # see rlpost.objectives.base
     from rlpost.config.objective import ObjectiveConfig
@@ -77,6 +85,12 @@ class DapoConfig(Section):
     """Generation rounds allowed per step before giving up (0: unlimited)."""
     on_exhausted: Literal["raise", "proceed"] = "raise"
     """When max_gen_batches rounds keep too few groups: stop with an error (the recipe) or train on the groups kept."""
+    carry_surplus: bool = False
+    """Carry kept groups beyond prompts_per_step into the next batch (first in it) instead of dropping them. Off
+    as in the paper and the verl recipe: carried groups are one step staler than the batch they join, so they
+    count against cluster.max_staleness (>= 1 required) and get its importance-sampling correction."""
+    carry_max_groups: int | None = Field(None, ge=1)
+    """Most groups carried into a batch (the newest are kept); null: prompts_per_step."""
 
 
 # §2.3 (verl DAPO recipe): clip-higher, dual clip 10, token-level loss.
@@ -96,6 +110,7 @@ class DAPO(GRPO):
                 f"objective.dapo.overlong_buffer={self.overlong_buffer} exceeds rollout.max_new_tokens="
                 f"{max_response_length}: every completion would be penalised"
             )
+        self._carry: SurplusCarry | None = None
 
     def shape_rewards(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, Metrics]:
         dapo = self.config.dapo
@@ -114,7 +129,29 @@ class DAPO(GRPO):
         return ~inputs.truncated if self.config.dapo.overlong_filter else None
 
     def group_filter(self, prompts_per_step: int) -> DynamicSampler | None:
-        return DynamicSampler.from_config(self.config.dapo, prompts_per_step) if self.config.dapo.filter_groups else None
+        if not self.config.dapo.filter_groups:
+            return None
+        return DynamicSampler.from_config(self.config.dapo, prompts_per_step, carry=self.carry)
+
+    @property
+    def carry(self) -> SurplusCarry | None:
+        """The buffer of surplus groups (`carry_surplus`), shared by this objective's samplers, or None.
+
+        The loop's instance holds it, so it is checkpointed with the loop's objective state."""
+        dapo = self.config.dapo
+        if not (dapo.carry_surplus and dapo.filter_groups):
+            return None
+        if self._carry is None:
+            self._carry = SurplusCarry(dapo.carry_max_groups)
+        return self._carry
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "carry": self.carry.state_dict()} if self.carry is not None else super().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict({key: value for key, value in state.items() if key != "carry"})
+        if self.carry is not None and "carry" in state:
+            self.carry.load_state_dict(state["carry"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +184,10 @@ class DynamicSampler(Generic[G]):
 
     Stateless across steps (`take` resets it), so it needs no checkpointing. Groups are kept
     whole and in arrival order; surplus groups of the last round are dropped and counted
-    (caching them would make the next step off-policy, §2.4).
+    (caching them makes the next step off-policy, §2.4), unless a `carry` is given: the sampler
+    then waits (`awaiting_carry`) until `receive` hands it the groups carried from the previous
+    batch, which come first in its batch, and leaves its own surplus in `surplus` after `take`
+    for the trainer to carry on (`SurplusCarry.put`).
     """
 
     def __init__(
@@ -158,6 +198,7 @@ class DynamicSampler(Generic[G]):
         on_exhausted: Literal["raise", "proceed"] = "raise",
         round_size: int | None = None,
         filter_metric: Literal["acc", "score"] = "acc",
+        carry: SurplusCarry | None = None,
     ):
         if prompts_per_step < 1:
             raise ValueError("prompts_per_step must be >= 1")
@@ -167,20 +208,28 @@ class DynamicSampler(Generic[G]):
         self.round_size = round_size or prompts_per_step
         """Prompts the trainer should generate per round."""
         self.filter_metric = filter_metric
+        self.carry = carry
+        """The buffer of surplus groups between batches, or None (surplus dropped)."""
+        self.surplus: list[G] = []
+        """Kept groups beyond prompts_per_step of the last `take` (carried on when `carry` is set)."""
         self._reset()
 
     @classmethod
-    def from_config(cls, config: DapoConfig, prompts_per_step: int) -> DynamicSampler:
+    def from_config(cls, config: DapoConfig, prompts_per_step: int, carry: SurplusCarry | None = None) -> DynamicSampler:
         return cls(
             prompts_per_step,
             max_gen_batches=config.max_gen_batches,
             on_exhausted=config.on_exhausted,
             round_size=config.gen_batch_prompts,
             filter_metric=config.filter_metric,
+            carry=carry,
         )
 
     def _reset(self) -> None:
         self._kept: list[G] = []
+        self._carried: list[G] = []
+        self.awaiting_carry = self.carry is not None
+        """True until `receive` was called for this batch (with carrying on)."""
         self.rounds = 0
         self._generated = 0
         self._solve_all = 0
@@ -193,12 +242,22 @@ class DynamicSampler(Generic[G]):
 
     @property
     def ready(self) -> bool:
-        """Enough groups are kept, or rounds ran out and the sampler may proceed with fewer."""
-        return len(self._kept) >= self.prompts_per_step or (self.exhausted and self.on_exhausted == "proceed")
+        """Enough groups are kept (carried ones included), or rounds ran out and the sampler may proceed
+        with fewer; never while the carried groups are awaited."""
+        if self.awaiting_carry:
+            return False
+        return self.kept >= self.prompts_per_step or (self.exhausted and self.on_exhausted == "proceed")
 
     @property
     def kept(self) -> int:
-        return len(self._kept)
+        return len(self._carried) + len(self._kept)
+
+    def receive(self, carried: Sequence[G]) -> None:
+        """The groups carried from the previous batch (possibly none): they come first in this batch.
+        Raises `DynamicSamplingExhausted` like `add` when rounds already ran out."""
+        self._carried = list(carried)
+        self.awaiting_carry = False
+        self._check_exhausted()
 
     def add(self, groups: Sequence[G], values: Sequence[Sequence[float]]) -> list[bool]:
         """Record one generation round; returns its keep mask. Raises `DynamicSamplingExhausted`
@@ -211,13 +270,16 @@ class DynamicSampler(Generic[G]):
         self._solve_all += sum(1 for v in values if min(v) > 0)
         self._solve_none += sum(1 for v in values if max(v) <= 0)
         self._kept.extend(group for group, k in zip(groups, keep) if k)
-        if not self.ready and self.exhausted:
+        self._check_exhausted()
+        return keep
+
+    def _check_exhausted(self) -> None:
+        if not self.awaiting_carry and not self.ready and self.exhausted:
             raise DynamicSamplingExhausted(
-                f"dynamic sampling kept {len(self._kept)} of {self.prompts_per_step} groups after "
+                f"dynamic sampling kept {self.kept} of {self.prompts_per_step} groups after "
                 f"{self.rounds} generation rounds (objective.dapo.max_gen_batches); the data may be too hard "
                 "or too easy. Raise max_gen_batches, or set objective.dapo.on_exhausted=proceed"
             )
-        return keep
 
     def add_groups(self, groups: Sequence[Group]) -> list[bool]:
         """`add` with each group's values read by `filter_values` under this sampler's metric."""
@@ -227,16 +289,79 @@ class DynamicSampler(Generic[G]):
         """The step's groups (at most prompts_per_step) and the round metrics; resets the sampler."""
         if not self.ready:
             raise RuntimeError("take() before ready: keep adding generation rounds")
-        batch = self._kept[: self.prompts_per_step]
+        groups = self._carried + self._kept
+        batch, self.surplus = groups[: self.prompts_per_step], groups[self.prompts_per_step :]
         generated = max(self._generated, 1)
         metrics: Metrics = {
             "train/num_gen_batches": float(self.rounds),
             "dapo/groups_generated": float(self._generated),
             "dapo/kept_group_frac": len(self._kept) / generated,
-            "dapo/surplus_groups_dropped": float(len(self._kept) - len(batch)),
+            "dapo/surplus_groups_dropped": float(len(self.surplus)) if self.carry is None else 0.0,
             "dapo/short_batch": float(len(batch) < self.prompts_per_step),
             "dapo/gen_solve_all": self._solve_all / generated,
             "dapo/gen_solve_none": self._solve_none / generated,
         }
+        if self.carry is not None:
+            metrics["dapo/carried_groups"] = float(min(len(self._carried), len(batch)))
         self._reset()
         return batch, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# the buffer of surplus groups (carry_surplus)
+
+
+class SurplusCarry:
+    """Kept groups beyond a batch's prompts_per_step, held for the next batch (`objective.dapo.carry_surplus`).
+
+    `put(b + 1, ...)` stores batch b's surplus for batch b + 1, minus the groups that would be staler
+    than max_staleness when batch b + 1 trains (at learner version b + 1) and, beyond the bound, the
+    oldest; `get(b + 1)` reads it. Entries stay until batch b + 1 is trained (`forget_through`), so a
+    checkpoint at version v holds the groups batch v starts from, and a resumed run redraws it exactly.
+    """
+
+    def __init__(self, max_groups: int | None = None):
+        self.max_groups = max_groups
+        """Most groups carried into one batch; None: that batch's prompts_per_step."""
+        self.pending: dict[int, list[Group]] = {}
+
+    def put(self, target: int, groups: Sequence[Group], max_staleness: int, prompts_per_step: int) -> Metrics:
+        """Carry `groups` into batch `target`; the metrics of what was carried and dropped."""
+        fresh = [group for group in groups if target - group.policy_version <= max_staleness]
+        limit = self.max_groups or prompts_per_step
+        carried = fresh[-limit:] if len(fresh) > limit else fresh
+        self.pending[target] = carried
+        return {
+            "dapo/surplus_groups_carried": float(len(carried)),
+            "dapo/surplus_groups_dropped": float(len(groups) - len(carried)),
+            "dapo/surplus_groups_stale": float(len(groups) - len(fresh)),
+        }
+
+    def get(self, target: int) -> list[Group]:
+        return list(self.pending.get(target, []))
+
+    def forget_through(self, index: int) -> None:
+        """Drop the entries of batches <= `index` (trained)."""
+        for target in [t for t in self.pending if t <= index]:
+            del self.pending[target]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": {str(t): [group_to_dict(g) for g in groups] for t, groups in self.pending.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = {int(t): [group_from_dict(g) for g in groups] for t, groups in state.get("pending", {}).items()}
+
+
+def group_to_dict(group: Group) -> dict[str, Any]:
+    """A JSON-ready copy of a scored group (checkpoints)."""
+    return dataclasses.asdict(group)
+
+
+def group_from_dict(data: dict[str, Any]) -> Group:
+    return Group(
+        prompt=Prompt(**data["prompt"]),
+        completions=[Completion(**completion) for completion in data["completions"]],
+        rewards=list(data["rewards"]),
+        reward_components={name: list(values) for name, values in data["reward_components"].items()},
+        correct=list(data["correct"]),
+    )

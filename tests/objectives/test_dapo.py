@@ -11,6 +11,7 @@ from rlpost.objectives.core import step_scale_of
 from rlpost.objectives.dapo import (
     DynamicSampler,
     DynamicSamplingExhausted,
+    SurplusCarry,
     filter_groups,
     filter_values,
     overlong_penalty,
@@ -146,3 +147,75 @@ def test_dr_grpo_advantages_loss_mode_and_truncation_reward():
     adv, _ = objective.compute_advantages(advantage_inputs([1.0, 0.0, 0.0, 1.0], [0, 0, 0, 0]))
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, -0.5, 0.5], dtype=torch.float64))
     assert objective.loss_agg == "dr-grpo"
+
+
+# ---------------------------------------------------------------- DAPO's carried surplus (carry_surplus)
+
+
+def _group(name: str, version: int, accuracy: list[int]) -> Group:
+    completions = [Completion(token_ids=[1, 2], text="ab", logprobs=[-0.25, -1.5], finish_reason="stop",
+                              policy_version=version) for _ in accuracy]
+    return Group(prompt=Prompt(name, f"q {name}", [7], row={"question": "q", "answer": "1"}), completions=completions,
+                 rewards=[float(a) for a in accuracy], reward_components={"acc": [float(a) for a in accuracy]},
+                 correct=[bool(a) for a in accuracy])
+
+
+def test_a_carrying_sampler_waits_for_the_carried_groups_and_puts_them_first():
+    sampler = DynamicSampler(prompts_per_step=3, max_gen_batches=2, carry=SurplusCarry())
+    sampler.add(["b", "c", "d"], [[1, 0], [0, 1], [1, 0]])  # three kept: enough, but the carried groups come first
+    assert not sampler.ready and sampler.awaiting_carry
+    sampler.receive(["a"])
+    assert sampler.ready and sampler.kept == 4
+    batch, metrics = sampler.take()
+    assert batch == ["a", "b", "c"] and sampler.surplus == ["d"]
+    assert metrics["dapo/carried_groups"] == 1.0
+    assert metrics["dapo/surplus_groups_dropped"] == 0.0  # the carry decides what it drops
+    assert sampler.awaiting_carry and sampler.kept == 0  # reset: the next batch waits again
+
+
+def test_carried_groups_count_before_the_exhaustion_check():
+    sampler = DynamicSampler(prompts_per_step=2, max_gen_batches=1, carry=SurplusCarry())
+    sampler.add(["b", "c"], [[1, 1], [1, 0]])  # one kept, last round: no error while the carry is awaited
+    sampler.receive(["a"])
+    assert sampler.take()[0] == ["a", "c"]
+    sampler.add(["x"], [[0, 0]])
+    with pytest.raises(DynamicSamplingExhausted, match="kept 1 of 2"):
+        sampler.receive(["y"])
+
+
+def test_the_carry_drops_groups_staler_than_max_staleness_then_the_oldest_beyond_its_bound():
+    carry = SurplusCarry(max_groups=2)
+    surplus = [_group("old", 3, [1, 0]), _group("a", 4, [1, 0]), _group("b", 4, [0, 1]), _group("c", 5, [1, 0])]
+    # batch 5 trains at version 5: staleness 2, 1, 1, 0; max_staleness 1 drops "old"; the bound 2 then "a"
+    metrics = carry.put(5, surplus, max_staleness=1, prompts_per_step=8)
+    assert [g.prompt.prompt_id for g in carry.get(5)] == ["b", "c"]
+    assert metrics == {"dapo/surplus_groups_carried": 2.0, "dapo/surplus_groups_dropped": 2.0,
+                       "dapo/surplus_groups_stale": 1.0}
+    unbounded = SurplusCarry()  # bound: the batch's prompts_per_step
+    unbounded.put(5, surplus, max_staleness=2, prompts_per_step=3)
+    assert [g.prompt.prompt_id for g in unbounded.get(5)] == ["a", "b", "c"]
+    unbounded.forget_through(5)
+    assert unbounded.get(5) == []
+
+
+def test_the_carry_survives_a_json_round_trip_exactly():
+    import json
+
+    carry = SurplusCarry()
+    carry.put(2, [_group("a", 1, [1, 0]), _group("b", 2, [0, 1])], max_staleness=1, prompts_per_step=2)
+    restored = SurplusCarry()
+    restored.load_state_dict(json.loads(json.dumps(carry.state_dict())))
+    assert restored.get(2) == carry.get(2) and restored.get(2)[0].completions[0].logprobs == [-0.25, -1.5]
+    assert restored.get(2)[0].policy_version == 1
+
+
+def test_the_dapo_objective_holds_the_carry_in_its_state_only_when_carrying():
+    plain = get_objective("dapo")(ObjectiveConfig(name="dapo"), 16)
+    assert plain.carry is None and plain.group_filter(2).carry is None and plain.state_dict() == {}
+    config = ObjectiveConfig(name="dapo", dapo={"carry_surplus": True, "carry_max_groups": 3})
+    objective = get_objective("dapo")(config, 16)
+    assert objective.group_filter(2).carry is objective.carry and objective.carry.max_groups == 3
+    objective.carry.put(1, [_group("a", 0, [1, 0])], max_staleness=1, prompts_per_step=2)
+    resumed = get_objective("dapo")(config, 16)
+    resumed.load_state_dict(objective.state_dict())
+    assert resumed.carry.get(1) == objective.carry.get(1)
