@@ -228,6 +228,12 @@ class LearnerConfig(Section):
     """Compute log-probs and entropy from hidden states in chunks, never materialising full logits."""
     logprob_chunk_size: int = Field(1024, ge=1)
     """Tokens per chunk of the fused log-prob op."""
+    fused_ops: bool | Literal["auto"] = "auto"
+    """Compute every objective's per-token clipped surrogate (loss and gradient) with the fused op
+    `rlpost.ops.fused_policy_loss` (one Triton kernel each way on CUDA, no autograd temporaries).
+    Same values, gradients and metrics as the eager path. `auto`: on where the policy is on CUDA;
+    off on the CPU, where the op runs the eager code plus a recomputation in its backward
+    (2.2-2.6x the plain loss's time, measured at 64 x 128 tokens)."""
     updates_per_batch: int = Field(1, ge=1)
     """Optimizer steps taken on each rollout batch (mini-batches); >1 makes later steps off-policy."""
     release_memory: bool = False

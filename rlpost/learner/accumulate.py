@@ -10,8 +10,8 @@ what is kept of it (log-probs, metrics) comes back to the CPU.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Protocol
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -20,12 +20,16 @@ from rlpost.learner.distributed import all_reduce_max, all_reduce_sum, world_siz
 from rlpost.objectives.base import LossInputs, Objective, StepScale
 from rlpost.objectives.sft import SFTLoss
 
+if TYPE_CHECKING:
+    from rlpost.config.schema import RLPostConfig
+
 Backward = Callable[[torch.Tensor, bool], None]
 
 
 class Runner(Protocol):
     """What the engine needs of the learner."""
 
+    config: RLPostConfig
     module: torch.nn.Module
     device: torch.device
     micro_batch_size: int
@@ -159,6 +163,12 @@ class Demonstration(Strategy):
         )
 
 
+def fused_ops_enabled(setting: bool | Literal["auto"], device: torch.device) -> bool:
+    """Whether the objectives' per-token surrogate goes through the fused op (`learner.fused_ops`):
+    `auto` turns it on where the policy is on CUDA (Triton), off on the CPU (slower there)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 def step_scale(batch: TrainBatch, rows: torch.Tensor, max_response_length: int) -> StepScale:
     """The normalisers of a step over `rows` of `batch` on every rank."""
     mask = batch.response_mask[rows]
@@ -202,12 +212,13 @@ def accumulate(
     chunks = strategy.micro_batches(batch, rows, runner.micro_batch_size)
     total = padded_count(len(chunks)) if world_size() > 1 else len(chunks)
     result = Accumulated(current_logp=torch.zeros_like(batch.response_mask[rows]))
+    fused = fused_ops_enabled(runner.config.learner.fused_ops, runner.device)
     for index in range(total):
         local = chunks[index] if index < len(chunks) else None
         picked = rows[local] if local is not None else torch.zeros(1, dtype=torch.long)
         sub, logp, entropy = forward(runner, batch, picked, strategy)
         micro = Micro(local, picked, sub, logp, entropy, is_last=is_last and index == total - 1)
-        loss, metrics = strategy.loss_fn.compute_loss(strategy.loss_inputs(micro), scale)
+        loss, metrics = strategy.loss_fn.compute_loss(replace(strategy.loss_inputs(micro), fused_ops=fused), scale)
         if local is None:
             runner.backward(loss * 0.0, micro.is_last)
             continue

@@ -61,6 +61,9 @@ class LossInputs:
     """[N, T] log-probs reported by the rollout engine (off-policy corrections)."""
     token_weights: torch.Tensor | None = None
     """[N, T] rows of `Objective.token_weights(...)` for this micro-batch, when that hook returns a tensor (GTPO)."""
+    fused_ops: bool = False
+    """Compute the per-token clipped surrogate with the fused op (`rlpost.ops.policy_loss_terms`); the
+    learner sets it from `learner.fused_ops`. Values, gradients and metrics are the same either way."""
 
 
 @dataclass

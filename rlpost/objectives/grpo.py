@@ -19,12 +19,12 @@ from rlpost.objectives.core import (
     group_advantages,
     group_metrics,
     kl_penalty,
-    policy_loss_per_token,
     policy_metrics,
     tensor_stats,
     token_share,
 )
 from rlpost.objectives.registry import OBJECTIVES
+from rlpost.ops.policy_loss import policy_loss_terms
 
 if TYPE_CHECKING:  # see rlpost.objectives.base
     from rlpost.config.objective import LossAggregation, ObjectiveConfig
@@ -51,9 +51,10 @@ class GRPO(Objective):
         return self.config.loss_agg
 
     def policy_terms(self, inputs: LossInputs) -> PolicyLossTerms:
-        """Per-token surrogate of this method (GSPO swaps in its sequence ratio)."""
+        """Per-token surrogate of this method (GSPO swaps in its sequence ratio); through the fused op
+        when the learner asks for it (`LossInputs.fused_ops`)."""
         cfg = self.config
-        return policy_loss_per_token(
+        return policy_loss_terms(
             inputs.logp,
             inputs.old_logp,
             inputs.advantages,
@@ -61,6 +62,7 @@ class GRPO(Objective):
             clip_high=cfg.clip_high,
             clip_c=cfg.clip_c,
             clip_enabled=cfg.clip,
+            fused=inputs.fused_ops,
         )
 
     def clip_metrics(self, terms: PolicyLossTerms, inputs: LossInputs, scale: StepScale) -> Metrics:

@@ -20,7 +20,6 @@ from rlpost.config.base import Section
 from rlpost.objectives.base import LossInputs, Metrics, StepScale
 from rlpost.objectives.core import (
     PolicyLossTerms,
-    policy_loss_per_token,
     ppo_kl_share,
     sequence_share,
     sequence_token_means,
@@ -28,6 +27,7 @@ from rlpost.objectives.core import (
 )
 from rlpost.objectives.grpo import GRPO
 from rlpost.objectives.registry import OBJECTIVES
+from rlpost.ops.policy_loss import policy_loss_terms
 
 
 def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, log_ratio_max: float = 10.0) -> torch.Tensor:
@@ -45,6 +45,7 @@ def gspo_token_policy_terms(
     clip_high: float,
     clip_enabled: bool = True,
     log_ratio_max: float = 10.0,
+    fused: bool = False,
 ) -> PolicyLossTerms:
     """GSPO-token surrogate per token, [N, T]: the §0.1 surrogate applied to s_{i,t}.
 
@@ -53,13 +54,15 @@ def gspo_token_policy_terms(
     stay those of `policy_loss_per_token`. As verl clamps the whole log s_{i,t} (gradient path
     included) at log_ratio_max, a sequence whose log s_i exceeds it gets zero gradient: its logp
     enters detached. (Below -20 the core clamp also zeroes it; verl keeps a gradient of e^-20.)
+    `fused`: the surrogate through the fused op (`rlpost.ops.policy_loss_terms`, `learner.fused_ops`).
     """
     log_s = sequence_token_means(logp.detach() - old_logp, mask)
     over = (log_s > log_ratio_max).unsqueeze(-1)
     reference = logp.detach() - torch.clamp(log_s, max=log_ratio_max).unsqueeze(-1)
     logp = torch.where(over, logp.detach(), logp)
-    return policy_loss_per_token(
-        logp, reference, advantages, clip_low=clip_low, clip_high=clip_high, clip_c=None, clip_enabled=clip_enabled
+    return policy_loss_terms(
+        logp, reference, advantages, clip_low=clip_low, clip_high=clip_high, clip_c=None, clip_enabled=clip_enabled,
+        fused=fused,
     )
 
 
@@ -89,6 +92,7 @@ class GSPO(GRPO):
             clip_high=cfg.clip_high,
             clip_enabled=cfg.clip,
             log_ratio_max=cfg.gspo.log_ratio_max,
+            fused=inputs.fused_ops,
         )
 
     def clip_metrics(self, terms: PolicyLossTerms, inputs: LossInputs, scale: StepScale) -> Metrics:

@@ -60,6 +60,37 @@ def fused_policy_loss(
     )
 
 
+def policy_loss_terms(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    clip_c: Optional[float] = None,
+    clip_enabled: bool = True,
+    fused: bool = False,
+):
+    """The per-token clipped surrogate of every objective (`rlpost.objectives.core.PolicyLossTerms`):
+    `policy_loss_per_token`'s terms, with the loss from the fused op when `fused` (`learner.fused_ops`).
+
+    Fused, the loss and its gradient come from `rlpost::policy_loss` (Triton on CUDA: no autograd
+    temporaries; on the CPU the op runs the same eager code), while the ratio and clip events, which
+    only feed metrics, are computed without gradient: `ratio` is then detached. Values, gradients and
+    metrics are those of the plain path either way.
+    """
+    # Imported here: the objectives' math is the reference of the ops (see `policy_loss_reference`).
+    from rlpost.objectives.core import policy_loss_per_token
+
+    clip = dict(clip_low=clip_low, clip_high=clip_high, clip_c=clip_c, clip_enabled=clip_enabled)
+    if not fused:
+        return policy_loss_per_token(logp, old_logp, advantages, **clip)
+    with torch.no_grad():
+        terms = policy_loss_per_token(logp.detach(), old_logp, advantages, **clip)
+    terms.loss = fused_policy_loss(logp, old_logp, advantages, torch.ones_like(logp), **clip)
+    return terms
+
+
 def policy_loss_reference(
     logp: Tensor,
     old_logp: Tensor,

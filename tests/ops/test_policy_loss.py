@@ -1,4 +1,4 @@
-"""The fused per-token policy loss op: equal to the objectives library's functions, values and grads."""
+"""The fused per-token policy loss op and the objectives' surrogate through it: hand-computed values and grads."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from rlpost.objectives.core import kl_penalty, policy_loss_per_token
-from rlpost.ops import fused_policy_loss
+from rlpost.ops import fused_policy_loss, policy_loss_terms
 
 ESTIMATORS = ["k1", "k2", "k3", "k3+"]
 
@@ -29,34 +28,98 @@ def _inputs(n=6, t=11, seed=0, per_token_adv=False):
     return logp, old, adv, ref, mask
 
 
-def _eager(logp, old, adv, ref, mask, *, clip_c, clip_enabled, kl_coef, estimator):
+# Hand-computed tokens: (ratio ρ, advantage A, loss, d loss/d logp, clip event), with old_logp = 0 and
+# logp = log ρ, so d/dlogp = ρ·d/dρ. loss = max(-A·ρ, -A·clip(ρ, 1 - 0.2, 1 + 0.28)), bounded by -A·c
+# (c = 3) when A < 0; the gradient is -A·ρ on the unclipped branch and 0 on a clipped one.
+CLIPPED = [
+    (1.5, 1.0, -1.28, 0.0, "upper"),  # -1.5 < -1.28 = -A·1.28: clipped above, no gradient
+    (1.1, 1.0, -1.1, -1.1, None),  # 0.8 <= 1.1 <= 1.28: -A·ρ, gradient -A·ρ = -1.1
+    (0.5, 1.0, -0.5, -0.5, None),  # -0.5 > -0.8: for A > 0 a low ratio keeps its gradient
+    (0.5, -1.0, 0.8, 0.0, "lower"),  # 0.5 < 0.8 = -A·0.8: clipped below, no gradient
+    (1.5, -1.0, 1.5, 1.5, None),  # 1.5 > 1.28 and < c·|A| = 3: unclipped, gradient -A·ρ = 1.5
+    (4.0, -1.0, 3.0, 0.0, "dual"),  # 4 > 3 = -A·c: the dual clip bounds it, no gradient
+    (4.0, -0.5, 1.5, 0.0, "dual"),  # -A·ρ = 2 > 1.5 = 0.5·3
+    (2.0, 2.0, -2.56, 0.0, "upper"),  # -4 < -2·1.28 = -2.56
+    (1.0, 1.0, -1.0, -1.0, None),  # ratio 1: -A, gradient -A
+    (1.0, 0.0, 0.0, 0.0, None),  # A = 0: nothing
+]
+NO_DUAL_CLIP = [
+    (4.0, -1.0, 4.0, 4.0, None),  # c = None: -A·ρ = 4 stays, gradient 4
+    (0.5, -1.0, 0.8, 0.0, "lower"),
+]
+UNCLIPPED = [  # clip_enabled=False: -A·ρ everywhere, gradient -A·ρ
+    (1.5, 1.0, -1.5, -1.5, None),
+    (0.5, -1.0, 0.5, 0.5, None),
+    (4.0, -1.0, 4.0, 4.0, None),
+]
+CLIP_SETTINGS = {"dual-clip-3": (CLIPPED, 3.0, True), "no-dual-clip": (NO_DUAL_CLIP, None, True), "off": (UNCLIPPED, None, False)}
+
+
+def _surrogate(path: str, logp, advantages, clip_c, clip_enabled):
     clip = dict(clip_low=0.2, clip_high=0.28, clip_c=clip_c, clip_enabled=clip_enabled)
-    loss = policy_loss_per_token(logp, old, adv, **clip).loss
-    if kl_coef:
-        loss = loss + kl_coef * kl_penalty(logp, ref, estimator)
-    return torch.where(mask.bool(), loss, torch.zeros(()))
+    old = torch.zeros_like(logp)
+    if path == "op":
+        return fused_policy_loss(logp, old, advantages, torch.ones_like(logp), **clip), None
+    terms = policy_loss_terms(logp, old, advantages, fused=path == "terms-fused", **clip)
+    return terms.loss, terms
+
+
+@pytest.mark.parametrize("path", ["op", "terms-fused", "terms-plain"])
+@pytest.mark.parametrize("setting", list(CLIP_SETTINGS))
+@pytest.mark.parametrize("per_token_adv", [False, True])
+def test_surrogate_matches_hand_computed_values(path, setting, per_token_adv):
+    """The op, and the objectives' surrogate through it or not, against the tables above (float64)."""
+    cases, clip_c, clip_enabled = CLIP_SETTINGS[setting]
+    ratio, adv, want_loss, want_grad, events = zip(*cases)
+    if per_token_adv:  # one sequence, a per-token advantage [1, T]
+        logp = torch.tensor([ratio], dtype=torch.float64).log().requires_grad_()
+        advantages = torch.tensor([adv], dtype=torch.float64)
+    else:  # one sequence per token, each with its own per-sequence advantage [N]
+        logp = torch.tensor(ratio, dtype=torch.float64).log().unsqueeze(-1).requires_grad_()
+        advantages = torch.tensor(adv, dtype=torch.float64)
+    loss, terms = _surrogate(path, logp, advantages, clip_c, clip_enabled)
+    loss.sum().backward()
+    torch.testing.assert_close(loss.detach().flatten(), torch.tensor(want_loss, dtype=torch.float64))
+    torch.testing.assert_close(logp.grad.flatten(), torch.tensor(want_grad, dtype=torch.float64))
+    if terms is not None:
+        for event, got in (("upper", terms.clipped_upper), ("lower", terms.clipped_lower), ("dual", terms.dual_clipped)):
+            assert got.flatten().tolist() == [e == event for e in events], event
+        torch.testing.assert_close(terms.ratio.detach().flatten(), torch.tensor(ratio, dtype=torch.float64))
+
+
+def test_log_ratio_guard_hand_computed():
+    """|logp - old| is clamped at 20 before exp: ρ = e^20 (e^-20), and no gradient beyond the clamp."""
+    logp = torch.tensor([[25.0, -25.0, 19.0]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([[1.0, 1.0, -1.0]], dtype=torch.float64)
+    loss = fused_policy_loss(
+        logp, torch.zeros_like(logp), adv, torch.ones(1, 3), clip_low=0.2, clip_high=0.28, clip_enabled=False
+    )
+    loss.sum().backward()
+    # -A·ρ: -e^20 = -485165195.40979, -e^-20 = -2.0611536e-9, +e^19 = 178482300.96318; gradient -A·ρ
+    # inside the clamp (e^19), 0 beyond it.
+    want = torch.tensor([[-485165195.40979, -2.0611536224385579e-09, 178482300.96318]], dtype=torch.float64)
+    torch.testing.assert_close(loss.detach(), want)
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, 0.0, 178482300.96318]], dtype=torch.float64))
+
+
+# KL terms at logp = -1, ref = -1.5 (d = logp - ref = 0.5), A = 0, coefficient 0.1; (value, gradient):
+# k1 = d = 0.5, gradient 1; k2 = d²/2 = 0.125, gradient d = 0.5; k3 = e^-d + d - 1 = 0.10653066,
+# gradient 1 - e^-d = 0.39346934; k3+ = k3's value with k2's gradient 0.5.
+KL_HAND = {"k1": (0.5, 1.0), "k2": (0.125, 0.5), "k3": (0.10653066, 0.39346934), "k3+": (0.10653066, 0.5)}
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize("clip_c,clip_enabled", [(None, True), (3.0, True), (None, False)])
-@pytest.mark.parametrize("kl_coef", [0.0, 0.05])
-@pytest.mark.parametrize("per_token_adv", [False, True])
-def test_matches_objectives_functions(estimator, clip_c, clip_enabled, kl_coef, per_token_adv):
-    logp, old, adv, ref, mask = _inputs(per_token_adv=per_token_adv)
-    upstream = torch.randn(logp.shape)
-    x = logp.clone().requires_grad_()
-    got = fused_policy_loss(
-        x, old, adv, mask, clip_low=0.2, clip_high=0.28, clip_c=clip_c, clip_enabled=clip_enabled,
-        ref_logp=ref, kl_coef=kl_coef, kl_estimator=estimator,
+def test_kl_term_hand_computed(estimator):
+    logp = torch.tensor([[-1.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    loss = fused_policy_loss(
+        logp, logp.detach(), torch.zeros(1, dtype=torch.float64), torch.tensor([[1.0, 0.0]]), clip_low=0.2,
+        clip_high=0.28, ref_logp=torch.full((1, 2), -1.5, dtype=torch.float64), kl_coef=0.1, kl_estimator=estimator,
     )
-    (got * upstream).sum().backward()
-    y = logp.clone().requires_grad_()
-    want = _eager(
-        y, old, adv, ref, mask, clip_c=clip_c, clip_enabled=clip_enabled, kl_coef=kl_coef, estimator=estimator
-    )
-    (want * upstream).sum().backward()
-    torch.testing.assert_close(got, want.detach())
-    torch.testing.assert_close(x.grad, y.grad)
+    loss.sum().backward()
+    value, grad = KL_HAND[estimator]
+    # the second token is masked out: 0, with no gradient
+    torch.testing.assert_close(loss.detach(), torch.tensor([[0.1 * value, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.1 * grad, 0.0]], dtype=torch.float64))
 
 
 def test_hand_computed_values():

@@ -108,3 +108,16 @@ def test_policy_loss_forward_and_backward(kernels, dtype, estimator, clip_c, cli
     assert got.dtype == got_grad.dtype == dtype
     torch.testing.assert_close(got, want.detach(), **tolerance)
     torch.testing.assert_close(got_grad, x.grad, **tolerance)
+
+
+@pytest.mark.parametrize("setting", ["dual-clip-3", "no-dual-clip", "off"])
+def test_policy_loss_kernels_match_hand_computed_values(kernels, setting):
+    """The CUDA path's kernels on the hand-computed tokens of `test_policy_loss.py` (fp32)."""
+    from tests.ops.test_policy_loss import CLIP_SETTINGS
+
+    cases, clip_c, clip_enabled = CLIP_SETTINGS[setting]
+    ratio, adv, want_loss, want_grad, _ = zip(*cases)
+    logp = torch.tensor([ratio]).log()
+    args = (logp, torch.zeros_like(logp), torch.tensor([adv]), torch.ones_like(logp), None, 0.2, 0.28, clip_c, clip_enabled, 0.0, "k3")
+    torch.testing.assert_close(kernels.policy_loss_forward(*args), torch.tensor([want_loss]))
+    torch.testing.assert_close(kernels.policy_loss_backward(torch.ones_like(logp), *args), torch.tensor([want_grad]))
