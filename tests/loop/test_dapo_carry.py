@@ -109,3 +109,28 @@ def test_the_carry_survives_a_checkpoint_and_the_resumed_batch_is_the_same():
     resumed.on_generated(_scored(again[1], [[1, 0], [0, 1], [1, 1], [1, 0]], version=1), 1, 1)
     batch = resumed.take(1)
     assert batch.groups == original.groups and batch.filter_metrics == original.filter_metrics
+
+
+@pytest.mark.slow
+def test_dapo_with_carried_surplus_trains_three_async_steps(tmp_path, tiny_chat_model_path):
+    from pathlib import Path
+
+    from rlpost.config import load_config
+    from rlpost.io.metrics import read_metrics
+    from rlpost.loop import TrainingRun
+    from tests.e2e.runs import TINY_RUN, on_tiny_model
+
+    config = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "dapo.yaml",
+        [*TINY_RUN, *on_tiny_model(tiny_chat_model_path), "train.steps=3", "checkpoint.every_steps=0",
+         "checkpoint.at_end=false", f"train.output_dir={tmp_path}", "objective.dapo.overlong_buffer=4",
+         "objective.dapo.carry_surplus=true", "objective.dapo.gen_batch_prompts=4", "cluster.max_staleness=1"],
+    )
+    TrainingRun(config).fit()
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert "dapo/carried_groups" in record and "dapo/surplus_groups_carried" in record
+        assert record["async/dropped_groups"] == 0  # carried groups too stale were dropped when carried, not here
+        assert record["rollout/groups"] == 2
+    assert records[0]["dapo/carried_groups"] == 0  # nothing before the first batch
