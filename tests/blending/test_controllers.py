@@ -321,3 +321,50 @@ def test_config_validation():
     with pytest.raises(ValueError):
         BlendingConfig.model_validate({"name": "sasr", "sasr": {"warmup_steps": 0}})
     assert build_controller(BlendingConfig(), seed=0) is None
+
+
+# ------------------------------------------------------------- HPT soft gate, SASR median split
+
+
+def test_hpt_soft_gate_by_hand():
+    """Soft gate, ramp 0 -> 0.25: P = 0, 1/8, 4/8 give alpha = 0, 0.5, 1 (beta = 1, 0.5, 0).
+    RL questions {1, 2}: w_rl = (0.5 + 1)/2 = 0.75; SFT questions {0, 1}: w_sft = 0.3 * (1 + 0.5)/2 = 0.225."""
+    from rlpost.blending.controllers.hpt import soft_alpha
+
+    hpt = controller("hpt", mode="soft", soft_low=0.0, soft_high=0.25, sft_coef=0.3)
+    groups = [group([False] * 8), group([True] + [False] * 7), group([True] * 4 + [False] * 4)]
+    plan = hpt.plan(stats(0, groups))
+    assert (plan.rl_groups, plan.sft_groups) == ([1, 2], [0, 1])
+    assert plan.step_type == "mixed"
+    assert plan.rl_weight == pytest.approx(0.75) and plan.sft_weight == pytest.approx(0.225)
+    assert plan.metrics["hpt/soft_alpha_mean"] == pytest.approx(0.5)  # (0 + 0.5 + 1)/3
+    assert soft_alpha(0.1, 0.0, 0.25) == pytest.approx(0.4)  # 0.1/0.25
+    assert soft_alpha(0.5, 0.2, 0.4) == 1.0 and soft_alpha(0.1, 0.2, 0.4) == 0.0
+
+
+def test_hpt_soft_gate_validation_and_switch_default():
+    with pytest.raises(ValueError, match="soft_low"):
+        controller("hpt", mode="soft", soft_low=0.5, soft_high=0.25)
+    assert BlendingConfig.model_validate({"name": "hpt"}).hpt.mode == "switch"
+
+
+def test_sasr_median_split_by_hand():
+    """Group 0: A = [0.75, -0.25, -0.25, -0.25], median -0.25 -> [1, 0, 0, 0]; group 1: [1, 0, 2], median 1
+    -> [0, -1, 1]; an even group [3, 1, 2, 0]: median (1 + 2)/2 = 1.5 -> [1.5, -0.5, 0.5, -1.5]."""
+    import torch
+
+    from rlpost.blending.controllers.sasr import median_split_advantages
+    from rlpost.learner.batch import PolicyTargets
+
+    advantages = torch.tensor([0.75, -0.25, -0.25, -0.25, 1.0, 0.0, 2.0])
+    index = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    assert median_split_advantages(advantages, index).tolist() == pytest.approx([1, 0, 0, 0, 0, -1, 1])
+    assert median_split_advantages(torch.tensor([3.0, 1.0, 2.0, 0.0]), torch.zeros(4, dtype=torch.long)).tolist() == [1.5, -0.5, 0.5, -1.5]
+    sasr = controller("sasr", median_split=True)
+    batch = type("Batch", (), {"group_index": index})()
+    targets = sasr.rl_targets(batch, PolicyTargets(advantages, None, {}))
+    assert targets.advantages.tolist() == pytest.approx([1, 0, 0, 0, 0, -1, 1])
+    # mean |shift| = (0.25*4 + 1*3)/7 = 4/7
+    assert targets.metrics["sasr/median_split_abs_shift"] == pytest.approx(4 / 7)
+    plain = PolicyTargets(advantages, None, {})
+    assert controller("sasr").rl_targets(batch, plain) is plain

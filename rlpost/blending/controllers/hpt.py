@@ -16,15 +16,26 @@ Differences from the authors' code, by design:
   (`blending.sft.loss_agg`), the same whatever the micro-batching.
 - The gate is a count of successes (the code), not the paper's threshold on the success rate P.
   With variable group sizes a count means different rates; size-1 groups are allowed.
-- The `switch_gate_off` branch (off-policy RL on demonstrations) and the "soft" coefficient
+- The `switch_gate_off` branch (off-policy RL on demonstrations) and the code's "soft" coefficient
   tables are not implemented (not the paper's main method).
+
+Soft gate (`hpt.mode: soft`, rlpost's continuous version of the paper's alpha = f(P), beta = g(P) =
+1 - f(P)): instead of the indicator f(P) = 1[P > gamma], a ramp on the question's success rate P,
+
+    alpha(P) = clamp((P - soft_low) / (soft_high - soft_low), 0, 1),   beta(P) = 1 - alpha(P)
+
+A question with alpha > 0 trains with RL on its rollouts, one with beta > 0 with SFT on its
+demonstration (a question between the bounds does both). The learner takes one weight per loss,
+so each side's weight is the mean of its questions' coefficients: w_rl = mean alpha over the RL
+questions, w_sft = sft_coef * mean beta over the SFT questions (exact when every question of a side
+has the same coefficient, as the switch's 1 and sft_coef are).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats, register_controller
 from rlpost.config.base import Section
@@ -50,6 +61,18 @@ class HptConfig(Section):
     """Reward that counts as a success when `success: reward` (compared exactly, as in the code)."""
     sft_coef: float = Field(1.0, ge=0)
     """sft_loss_coef: weight of the SFT loss (the script's comment suggests 0.3 for a 1.5B model)."""
+    mode: Literal["switch", "soft"] = "switch"
+    """`switch`: the paper's hard gate on `gate`; `soft`: a continuous mix, alpha(P) rising linearly from 0 at P = soft_low to 1 at P = soft_high (P the question's success rate), beta = 1 - alpha."""
+    soft_low: float = Field(0.0, ge=0, le=1)
+    """Soft gate: success rate at or below which a question is pure SFT (alpha = 0)."""
+    soft_high: float = Field(0.25, gt=0, le=1)
+    """Soft gate: success rate at or above which a question is pure RL (alpha = 1); must exceed soft_low."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HptConfig:
+        if self.soft_low >= self.soft_high:
+            raise ValueError(f"soft_low ({self.soft_low}) must be < soft_high ({self.soft_high})")
+        return self
 
 
 def count_successes(group: Group, success: str, success_value: float) -> int:
@@ -66,6 +89,21 @@ def route(successes: list[int], gate: int) -> tuple[list[int], list[int]]:
     return rl, sft
 
 
+def soft_alpha(rate: float, low: float, high: float) -> float:
+    """alpha(P) = clamp((P - low) / (high - low), 0, 1): the RL coefficient of the soft gate."""
+    return min(max((rate - low) / (high - low), 0.0), 1.0)
+
+
+def soft_plan(alphas: list[float], sft_coef: float) -> tuple[list[int], list[int], float, float]:
+    """(rl_groups, sft_groups, w_rl, w_sft) of the soft gate: RL where alpha > 0, SFT where
+    beta = 1 - alpha > 0, each side weighted by the mean coefficient of its questions."""
+    rl = [i for i, a in enumerate(alphas) if a > 0]
+    sft = [i for i, a in enumerate(alphas) if a < 1]
+    w_rl = sum(alphas[i] for i in rl) / len(rl) if rl else 0.0
+    w_sft = sft_coef * sum(1.0 - alphas[i] for i in sft) / len(sft) if sft else 0.0
+    return rl, sft, w_rl, w_sft
+
+
 @register_controller("hpt", config=HptConfig)
 class HPT(BlendController):
     def __init__(self, config, seed: int):
@@ -80,9 +118,14 @@ class HPT(BlendController):
     def plan(self, stats: StepStats) -> BlendPlan:
         s = self.settings
         successes = [count_successes(group, s.success, s.success_value) for group in stats.groups]
-        rl_groups, sft_groups = route(successes, s.gate)
-        step_type = "mixed" if rl_groups and sft_groups else ("rl" if rl_groups else "sft")
         sizes = stats.group_sizes
+        if s.mode == "soft":
+            alphas = [soft_alpha(c / max(n, 1), s.soft_low, s.soft_high) for c, n in zip(successes, sizes, strict=True)]
+            rl_groups, sft_groups, rl_weight, sft_weight = soft_plan(alphas, s.sft_coef)
+        else:
+            rl_groups, sft_groups = route(successes, s.gate)
+            rl_weight, sft_weight = 1.0, s.sft_coef
+        step_type = "mixed" if rl_groups and sft_groups else ("rl" if rl_groups else "sft")
         n = max(len(successes), 1)
         metrics: Metrics = {
             "hpt/sft_questions": float(len(sft_groups)),
@@ -92,8 +135,12 @@ class HPT(BlendController):
             "hpt/solve_none": sum(c == 0 for c in successes) / n,
             "hpt/solve_all": sum(c == size for c, size in zip(successes, sizes, strict=True)) / n,
         }
+        if s.mode == "soft":
+            metrics["hpt/soft_alpha_mean"] = sum(alphas) / n
+            metrics["hpt/soft_rl_weight"] = rl_weight
+            metrics["hpt/soft_sft_weight"] = sft_weight
         self._counts = (len(rl_groups), len(sft_groups))
-        return BlendPlan(step_type, rl_groups, sft_groups, rl_weight=1.0, sft_weight=s.sft_coef, metrics=metrics)
+        return BlendPlan(step_type, rl_groups, sft_groups, rl_weight=rl_weight, sft_weight=sft_weight, metrics=metrics)
 
     def observe(self, probe: BlendProbe) -> Metrics:
         rl, sft = self._counts

@@ -15,16 +15,24 @@ knob is exposed (`blending.sasr.*`).
 Each step back-propagates exactly one loss, never a mix. The clamps are rlpost's guard against
 G_warmup ~ 0 (p stuck at 1) and are not part of the re-implementation; p_min = 0, p_max = 1
 disables them. The SFT gradient norm is the norm of the whole step gradient on SFT steps, read from
-the optimizer step before clipping. SASR's median-advantage split of groups (§7.1) is not
-reproduced: how it enters the loss is unknown; RL steps use `objective` as configured.
+the optimizer step before clipping.
+
+SASR's split of each group at the median advantage (§7.1: G+ = {A > median}, G- = {A < median}) is
+the option `sasr.median_split`; how G± enters the loss was not visible, so the reconstruction is that
+the median replaces the mean as the group's split point: A'_i = A_i - median_g(A), reinforcing the
+outputs above the group's median, penalising those below it and leaving those at it out. The
+controller rewrites the RL step's advantages in `rl_targets`, which `rlpost.blending.runner.plan_blend`
+calls on the RL targets it built (per-sequence advantages only).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats, register_controller
@@ -55,6 +63,8 @@ class SasrConfig(Section):
     """Reference of the RL steps' KL term (when objective.kl_coef > 0): the policy frozen at the end of warm-up (§7.5) or the initial model."""
     seed: int | None = None
     """Seed of the per-step Bernoulli draws; null uses train.seed."""
+    median_split: bool = False
+    """Split each group at its median advantage on RL steps: A' = A - median of the group's advantages (a reconstruction of §7.1's G+/G- split)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> SasrConfig:
@@ -67,6 +77,21 @@ def switch_probability(g_last: float, g_warmup: float, gamma: float, p_min: floa
     """p_t = G_last / (G_last + gamma * G_warmup + 1e-8), clamped to [p_min, p_max] (§7.5)."""
     p = g_last / (g_last + gamma * g_warmup + DENOMINATOR_EPS)
     return min(max(p, p_min), p_max)
+
+
+def median_split_advantages(advantages: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """A_i - median of the advantages of i's group ([N] -> [N]); an even group's median is the mean
+    of its two middle values."""
+    if advantages.dim() != 1:
+        raise ValueError("sasr.median_split needs per-sequence advantages ([N]), not per-token ones")
+    result = advantages.clone()
+    for group in torch.unique(group_index):
+        members = group_index == group
+        values = torch.sort(advantages[members]).values
+        k = values.numel()
+        median = values[k // 2] if k % 2 else (values[k // 2 - 1] + values[k // 2]) / 2
+        result[members] = advantages[members] - median
+    return result
 
 
 @register_controller("sasr", config=SasrConfig)
@@ -98,7 +123,7 @@ class SASR(BlendController):
     def plan(self, stats: StepStats) -> BlendPlan:
         n = len(stats.groups)
         p = self.probability()
-        metrics: Metrics = {"sasr/p_sft": p, "sasr/warmup": float(self.in_warmup)}
+        metrics: Metrics = {"sasr/p_sft": p, "sasr/warmup": float(self.in_warmup), "sasr/median_split": float(self.settings.median_split)}
         if self.in_warmup:
             last_warmup_step = self.steps_done == self.settings.warmup_steps - 1
             reset = last_warmup_step and self.settings.kl_reference == "post_warmup"
@@ -141,6 +166,14 @@ class SASR(BlendController):
     @property
     def reference_was_reset(self) -> bool:
         return self.reference_reset
+
+    def rl_targets(self, batch: Any, targets: Any) -> Any:
+        """The RL step's targets, with advantages split at each group's median when `median_split` is on."""
+        if not self.settings.median_split:
+            return targets
+        advantages = median_split_advantages(targets.advantages, batch.group_index)
+        metrics = {**targets.metrics, "sasr/median_split_abs_shift": float((advantages - targets.advantages).abs().mean())}
+        return replace(targets, advantages=advantages, metrics=metrics)
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self.rng.getstate()
