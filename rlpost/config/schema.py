@@ -75,6 +75,9 @@ class DataConfig(Section):
     """Row field holding the problem text."""
     answer_field: str = "answer"
     """Row field holding the gold final answer."""
+    answer_format: Literal["auto", "gsm8k", "boxed", "plain"] = "auto"
+    """How the answer field holds the answer: `gsm8k` (text ending in a `#### 42` line), `boxed` (a solution with the answer in its
+    last `\\boxed{...}`, e.g. MATH with answer_field: solution), `plain` (the answer itself), or `auto` (detected from the rows, logged)."""
     solution_field: str | None = "solution"
     """Row field holding a worked solution (SFT demonstrations); null if the data has none."""
     system_prompt: str | None = None

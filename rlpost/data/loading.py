@@ -5,7 +5,8 @@ Every source ends as a list of dicts with the canonical fields `question` (non-e
 `data.answer_field` and `data.solution_field`; every other field of a row is kept as it is
 (reward functions receive them). Problems are reported as `DatasetError`s that name the source
 and, for a bad row, its position: `line N` (1-based, physical line) for .jsonl and .csv,
-`row N` (1-based) for the other formats.
+`row N` (1-based) for the other formats. The answer is reduced to the final answer by
+`data.answer_format` (GSM8K `#### 42`, MATH `\\boxed{...}`, plain, or detected): see answers.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from rlpost.config.errors import closest
 from rlpost.config.schema import DataConfig
+from rlpost.data.answers import apply_answer_format
 from rlpost.data.arithmetic import SPLITS, generate_arithmetic
 from rlpost.data.errors import DatasetError
 
@@ -213,8 +215,18 @@ def _numbered(values: list[Any]) -> list[RawRow]:
 
 
 def canonical_rows(raw: list[RawRow], source: str, data_config: DataConfig) -> list[dict]:
-    """Check every row and rename the configured fields to `question`, `answer` and `solution`."""
-    rows = [_canonical_row(value, f"{source}, {where}", data_config) for where, value in raw]
+    """Check every row, rename the configured fields to `question`, `answer` and `solution`, and reduce
+    `answer` to the final answer by `data.answer_format` (rlpost/data/answers.py)."""
+    wheres = [f"{source}, {where}" for where, _ in raw]
+    rows = [_canonical_row(value, where, data_config) for where, (_, value) in zip(wheres, raw, strict=True)]
+    _check_solution_field(rows, raw, source, data_config)
+    rows = apply_answer_format(rows, wheres, source, data_config.answer_format, data_config.answer_field)
+    if data_config.solution_field and not any("solution" in row for row in rows):
+        log.info("%s: no %r field, so the rows have no worked solutions", source, data_config.solution_field)
+    return rows
+
+
+def _check_solution_field(rows: list[dict], raw: list[RawRow], source: str, data_config: DataConfig) -> None:
     solution_field = data_config.solution_field
     if solution_field and not any("solution" in row for row in rows):
         # The default name may simply be absent (most datasets have no worked solutions); another
@@ -226,8 +238,6 @@ def canonical_rows(raw: list[RawRow], source: str, data_config: DataConfig) -> l
                 f"{source}: no row has the solution field {solution_field!r}{closest(solution_field, fields)}; "
                 f"fields: {', '.join(map(str, fields))} (set data.solution_field: null if the data has no solutions)"
             )
-        log.info("%s: no %r field, so the rows have no worked solutions", source, solution_field)
-    return rows
 
 
 def _canonical_row(value: Any, where: str, data_config: DataConfig) -> dict:
