@@ -83,8 +83,13 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rlpost.api import check_eval_settings, evaluate
+    from rlpost.api import UsageError, check_eval_settings, evaluate
 
+    if args.compare:
+        return _eval_compare(*args.compare)
+    missing = [f"--{name}" for name in ("model", "data") if not getattr(args, name)]
+    if missing:
+        raise UsageError(f"eval needs {' and '.join(missing)} (or --compare A.json B.json)")
     # Named as the options are, before the model, the data or the reward workers load.
     check_eval_settings(vars(args), lambda key: f"eval --{key.replace('_', '-')}")
     summary = evaluate(
@@ -93,7 +98,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
         question_field=args.question_field, answer_field=args.answer_field, engine=args.engine,
         dtype=args.dtype, seed=args.seed, out=args.out, log_level=args.log_level.upper(),
     )
-    print(json.dumps({key: value for key, value in summary.items() if key != "result"}))
+    result = summary["result"]
+    for name, groups in result["breakdown"].items():
+        for value, metrics in groups.items():
+            shown = "  ".join(f"{key} {metrics[key]:.3f}" for key in metrics if key != "problems")
+            print(f"{name}={value}: {metrics['problems']} problems  {shown}")
+    line = {key: value for key, value in summary.items() if key != "result"}
+    line.update(mean_length=result["mean_length"], breakdown=result["breakdown"])
+    print(json.dumps(line))  # last: scripts read the summary from the last line
+    return 0
+
+
+def _eval_compare(path_a: str, path_b: str) -> int:
+    """`rlpost eval --compare A.json B.json`: B - A per metric, with 95% intervals (rlpost/evaluation.py)."""
+    from rlpost.api import UsageError
+    from rlpost.evaluation import compare_results, format_comparison
+
+    results = []
+    for path in (path_a, path_b):
+        try:
+            loaded = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"eval --compare: cannot read {path} ({exc})") from None
+        results.append(loaded.get("result", loaded) if isinstance(loaded, dict) else {})
+    try:
+        rows = compare_results(*results)
+    except ValueError as exc:
+        raise UsageError(f"eval --compare {path_a} {path_b}: {exc}") from None
+    print(f"A = {path_a}\nB = {path_b}")
+    print(format_comparison(rows))
     return 0
 
 
@@ -150,9 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--to", help="new or empty target folder (default: the rlpost cache; for a Hub id the Hugging Face cache)")
     fetch.set_defaults(run=cmd_model_fetch)
 
-    ev = commands.add_parser("eval", help="pass@1 / pass@k of a model under math-verify")
-    ev.add_argument("--model", required=True, help="model folder, Hub id or built-in alias")
-    ev.add_argument("--data", required=True, help="data file/folder/Hub id, or `arithmetic`")
+    ev = commands.add_parser("eval", help="pass@1 / pass@k of a model under math-verify (per level, operation and "
+                                          "template when the rows have them), or --compare two results")
+    ev.add_argument("--model", help="model folder, Hub id or built-in alias (required unless --compare)")
+    ev.add_argument("--data", help="data file/folder/Hub id, or `arithmetic` (required unless --compare)")
+    ev.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                    help="compare two --out files: B - A per metric with a 95%% interval (Newcombe/Wilson)")
     ev.add_argument("--split", default="test")
     ev.add_argument("--config", help="take the prompt format (data.system_prompt, templates) from this training config")
     ev.add_argument("--samples", type=int, default=1, help="samples per problem (1: greedy)")
