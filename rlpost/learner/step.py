@@ -3,6 +3,9 @@ gradients (ours or ZeRO's), and the clipped optimizer step with a per-step learn
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from rlpost.config.schema import RLPostConfig
@@ -80,27 +83,51 @@ def apply_gradients(optimizer, engine, module: torch.nn.Module, config: RLPostCo
     return grad_norm
 
 
-def holds_gradients(engine) -> bool:
-    """Whether DeepSpeed keeps the step's gradients in its own optimizer (ZeRO, or its bf16 optimizer)
-    rather than in the parameters' `.grad`."""
-    if engine is None:
-        return False
-    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+@contextlib.contextmanager
+def updates_switched_off(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """While open, `optimizer.step()` does nothing: no parameter, moment or step count moves.
 
-    return isinstance(engine.optimizer, ZeROOptimizer)
+    Shadows the method on the instance (the learning-rate scheduler may have wrapped it there too)
+    and puts back whatever was there before."""
+    shadowed = optimizer.__dict__.get("step")
+    optimizer.step = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        if shadowed is None:
+            del optimizer.step
+        else:
+            optimizer.step = shadowed
+
+
+def skip_step(engine, module: torch.nn.Module) -> None:
+    """Drop the step's gradients, moving neither the weights nor the optimizer (moments, step count).
+
+    Plain torch: the gradients are the parameters' `.grad`. DeepSpeed keeps them where its backend
+    puts them (ZeRO partitions, the bf16 optimizer's fp32 buffers), so the engine's own step runs
+    with the update of the optimizer it wraps (`basic_optimizer`, AdamW) switched off: the engine
+    reduces, clips and drops the gradients, copies the unchanged master weights back and advances
+    its micro-step counters, exactly as after a step, and no moment moves. (Skipped before the very
+    first update, DeepSpeed links its empty optimizer state for universal checkpoints, which rlpost
+    does not use.)
+    """
+    if engine is None:
+        module.zero_grad(set_to_none=True)
+        return
+    with updates_switched_off(engine.basic_optimizer):
+        engine.step()
 
 
 def optimizer_step(optimizer, scheduler, engine, module: torch.nn.Module, config: RLPostConfig, lr_factor: float) -> tuple[float, float]:
     """Clip, step with the learning rate scaled for this step only, restore, advance the schedule.
     Returns (pre-clip gradient norm, applied learning rate).
 
-    A factor of exactly 0 (VCPO: no usable sample in the step) skips the step: the gradients are
-    dropped and neither the optimizer (Adam's moments, its step count) nor the schedule moves. Where
-    the gradients live inside a ZeRO / bf16 optimizer they cannot be dropped from here, and the step
-    runs at learning rate 0 (the moments still move).
+    A factor of exactly 0 (VCPO: no usable sample in the step) skips the step on every backend
+    (`skip_step`): the gradients are dropped and neither the weights, the optimizer (Adam's moments,
+    its step count) nor the schedule moves.
     """
-    if lr_factor == 0.0 and not holds_gradients(engine):
-        module.zero_grad(set_to_none=True)
+    if lr_factor == 0.0:
+        skip_step(engine, module)
         return 0.0, 0.0
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:
