@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlpost.config.base import Section
 from rlpost.objectives.base import AdvantageInputs, Metrics
@@ -91,6 +91,12 @@ class DapoConfig(Section):
     count against cluster.max_staleness (>= 1 required) and get its importance-sampling correction."""
     carry_max_groups: int | None = Field(None, ge=1)
     """Most groups carried into a batch (the newest are kept); null: prompts_per_step."""
+
+    @model_validator(mode="after")
+    def _carry_needs_filtering(self) -> DapoConfig:
+        if self.carry_surplus and not self.filter_groups:
+            raise ValueError("carry_surplus carries the surplus of dynamic sampling: it needs filter_groups: true")
+        return self
 
 
 # §2.3 (verl DAPO recipe): clip-higher, dual clip 10, token-level loss.

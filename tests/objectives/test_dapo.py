@@ -219,3 +219,8 @@ def test_the_dapo_objective_holds_the_carry_in_its_state_only_when_carrying():
     resumed = get_objective("dapo")(config, 16)
     resumed.load_state_dict(objective.state_dict())
     assert resumed.carry.get(1) == objective.carry.get(1)
+
+
+def test_carrying_needs_dynamic_sampling():
+    with pytest.raises(ValueError, match="needs filter_groups"):
+        ObjectiveConfig(name="dapo", dapo={"carry_surplus": True, "filter_groups": False})
