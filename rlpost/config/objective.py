@@ -31,6 +31,8 @@ KLEstimator = Literal[
     "k1+", "k2+", "k3+", "abs+", "kl+", "mse+", "low_var_kl+",
 ]  # fmt: skip
 
+RewardNormalization = Literal["none", "batch", "batch_std"]
+
 LOSS_AGG_HELP = (
     "token-mean (sum / tokens), token-sum (sum), seq-mean-token-mean (mean over sequences of each one's "
     "token mean), seq-mean-token-sum (sum / sequences), seq-mean-token-sum-norm (sum / L_max: verl before "
@@ -73,7 +75,22 @@ class ObjectiveKnobs(Section):
     loss_agg: LossAggregation = "token-mean"
     """How per-token losses become one number, normalised over the whole optimizer step: token-mean (sum / tokens), token-sum (sum), seq-mean-token-mean, seq-mean-token-sum (sum / sequences), seq-mean-token-sum-norm (sum / L_max, verl before 0.9.1) or dr-grpo (sum / (sequences * L_max), which is verl 0.9.1's seq-mean-token-sum-norm)."""
     entropy_coef: float = 0.0
-    """Weight of an entropy bonus (subtracted from the loss); 0 disables it."""
+    """Weight of the entropy bonus: the loss becomes loss - entropy_coef * H, with H the per-token entropy
+    of the current policy aggregated like the policy loss (`loss_agg`); 0 disables it (the learner then
+    skips computing the entropy). `actor/entropy` logs the token-mean entropy whenever it is computed."""
+    reward_normalization: RewardNormalization = "none"
+    """Normalise each step's rewards before any advantage estimator sees them: none, batch ((r - mean) / std
+    over the step's sequences, population std) or batch_std (r / std, keeps the sign of 0/1 rewards). A
+    constant batch gives 0 (batch) or leaves the rewards unchanged (batch_std). Applied after the method's
+    own shaping (e.g. DAPO's overlong penalty) and before `reward_clip`; `reward/mean` and `reward/std`
+    still log the rewards before normalisation, `reward_norm/mean|std` the statistics used."""
+    reward_clip: float | None = None
+    """Clip each (normalised) reward to [-reward_clip, reward_clip] before advantage estimation; null
+    disables it. `reward_clip/frac` logs the fraction of sequences clipped."""
+    advantage_clip: float | None = None
+    """Clip every advantage (per sequence or per token) to [-advantage_clip, advantage_clip] after the
+    method's estimator, for every objective; null disables it. `adv_clip/frac` logs the fraction clipped
+    (of sequences, or of valid tokens for per-token advantages)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +136,13 @@ class ObjectiveKnobs(Section):
                 f"must be in [0, {CLIP_HIGH_MAX:g}]: the ratio is clipped above at 1 + clip_high, and a larger "
                 "range means no clipping (use objective.clip: false for that; the dual-clip constant is objective.clip_c)"
             )
+        return value
+
+    @field_validator("reward_clip", "advantage_clip")
+    @classmethod
+    def _positive_bound(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be > 0 (or null to disable): values are clipped to [-bound, bound]")
         return value
 
     @field_validator("clip_c")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from rlpost.objectives.base import AdvantageInputs, Metrics, Objective
+from rlpost.objectives.core import clip_advantages, condition_rewards
 from rlpost.types import Group
 
 
@@ -64,6 +65,7 @@ class TrainBatch:
             reward_components=self.reward_components,
             token_ids=self.response_ids,
             mask=self.response_mask,
+            behaviour_logp=self.behaviour_logp,
         )
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TrainBatch:
@@ -164,13 +166,15 @@ def prepare_update(objective: Objective, batch: TrainBatch) -> PolicyTargets:
     """
     inputs = batch.advantage_inputs()
     shaped, metrics = objective.shape_rewards(inputs)
-    inputs.rewards = shaped
+    knobs = objective.config  # the reward / advantage switches every objective shares, applied here only
+    inputs.rewards, reward_metrics = condition_rewards(shaped, knobs.reward_normalization, knobs.reward_clip)
     advantages, advantage_metrics = objective.compute_advantages(inputs)
+    advantages, clip_metrics = clip_advantages(advantages, knobs.advantage_clip, batch.response_mask)
     token_weights = objective.token_weights(inputs)
     keep = objective.sequences_in_loss(inputs)
     if keep is not None:
         batch.response_mask[~keep] = 0.0
-    return PolicyTargets(advantages, token_weights, {**metrics, **advantage_metrics})
+    return PolicyTargets(advantages, token_weights, {**metrics, **advantage_metrics, **reward_metrics, **clip_metrics})
 
 
 def micro_batches(size: int, micro_batch_size: int) -> list[torch.Tensor]:

@@ -35,6 +35,9 @@ class AdvantageInputs:
     """[N, T] long, right-padded response token ids (objectives with `needs_token_ids`, e.g. GTPO)."""
     mask: torch.Tensor | None = None
     """[N, T] float, 1 on valid response tokens (given together with `token_ids`)."""
+    behaviour_logp: torch.Tensor | None = None
+    """[N, T] log-probs of the sampled tokens reported by the rollout engine (the sampling policy's), for
+    step-level token selections that need them before the learner's forward (Clip-Cov, KL-Cov)."""
 
 
 @dataclass

@@ -373,3 +373,57 @@ def batch_metrics(rewards: torch.Tensor, response_lengths: torch.Tensor, truncat
     metrics["response_length/clip_ratio"] = float(truncated.to(torch.float64).mean()) if truncated.numel() else 0.0
     return metrics
 
+
+# --------------------------------------------------------------------------------------------
+# reward and advantage conditioning shared by every objective (`ObjectiveKnobs.reward_normalization`,
+# `reward_clip`, `advantage_clip`); `rlpost.learner.batch.prepare_update` applies them, once per step
+
+
+def condition_rewards(
+    rewards: torch.Tensor, normalization: str = "none", clip: float | None = None
+) -> tuple[torch.Tensor, Metrics]:
+    """Rewards [N] after the step-level normalisation and clip every objective shares, and their metrics.
+
+    batch: (r - mean) / std; batch_std: r / std (mean and population std over the step's sequences).
+    A constant batch (std 0) gives 0 under batch and leaves r unchanged under batch_std. Then, if
+    `clip` is set, r is clipped to [-clip, clip]. With both off, `rewards` is returned as is, no metrics.
+    Metrics: reward/mean|std of the rewards before conditioning (so the logged reward stays the task's),
+    reward_norm/mean|std (the statistics used), reward_clip/frac (fraction of sequences clipped).
+    """
+    if normalization == "none" and clip is None:
+        return rewards, {}
+    values = rewards.to(torch.float64)
+    metrics = {k: v for k, v in tensor_stats(values, "reward").items() if k.endswith(("mean", "std"))}
+    if normalization != "none":
+        mean = values.mean() if values.numel() else values.new_zeros(())
+        std = values.std(unbiased=False) if values.numel() else values.new_zeros(())
+        constant = bool(values.numel() == 0 or values.max() == values.min())
+        if normalization == "batch":
+            values = torch.zeros_like(values) if constant else (values - mean) / std
+        elif normalization == "batch_std":
+            values = values if constant else values / std
+        else:
+            raise ValueError(f"unknown reward normalization {normalization!r}")
+        metrics["reward_norm/mean"], metrics["reward_norm/std"] = float(mean), float(std)
+    if clip is not None:
+        clipped = values.abs() > clip
+        metrics["reward_clip/frac"] = float(clipped.double().mean()) if values.numel() else 0.0
+        values = values.clamp(-clip, clip)
+    return values.to(rewards.dtype if rewards.is_floating_point() else torch.float32), metrics
+
+
+def clip_advantages(
+    advantages: torch.Tensor, clip: float | None, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, Metrics]:
+    """Advantages [N] or [N, T] clipped to [-clip, clip] (None: unchanged, no metrics).
+
+    adv_clip/frac: the fraction of sequences ([N]) or of valid tokens ([N, T], under `mask`) clipped.
+    """
+    if clip is None:
+        return advantages, {}
+    clipped = advantages.abs() > clip
+    if advantages.dim() == 2 and mask is not None:
+        frac = float(masked_mean(clipped.to(torch.float64), mask))
+    else:
+        frac = float(clipped.double().mean()) if clipped.numel() else 0.0
+    return advantages.clamp(-clip, clip), {"adv_clip/frac": frac}
