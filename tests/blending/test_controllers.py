@@ -293,13 +293,13 @@ def test_state_dict_resumes_the_same_schedule(name):
 
 
 def test_the_shipped_controllers_are_registered_with_their_sections():
-    assert sorted(controller_names()) == ["amft", "hpt", "sasr"]
-    assert sorted(BlendingConfig.model_fields) == ["amft", "hpt", "name", "sasr", "sft"]
+    assert sorted(controller_names()) == ["amft", "hpt", "sasr", "srft"]
+    assert sorted(BlendingConfig.model_fields) == ["amft", "hpt", "name", "sasr", "sft", "srft"]
     for entry in CONTROLLERS.entries():
         assert get_controller(entry.name) is entry.target and entry.target.name == entry.name
         assert BlendingConfig.model_fields[entry.name].annotation is entry.config
     flags = {e.name: (e.target.holds_out_validation, e.target.combines_gradients) for e in CONTROLLERS.entries()}
-    assert flags == {"sasr": (False, False), "hpt": (False, False), "amft": (True, True)}
+    assert flags == {"sasr": (False, False), "hpt": (False, False), "amft": (True, True), "srft": (False, True)}
     assert CONTROLLERS.entry("amft").capabilities == {"holds_out_validation": True, "combines_gradients": True}
 
 
@@ -364,7 +364,8 @@ def test_sasr_median_split_by_hand():
     batch = type("Batch", (), {"group_index": index})()
     targets = sasr.rl_targets(batch, PolicyTargets(advantages, None, {}))
     assert targets.advantages.tolist() == pytest.approx([1, 0, 0, 0, 0, -1, 1])
-    # mean |shift| = (0.25*4 + 1*3)/7 = 4/7
-    assert targets.metrics["sasr/median_split_abs_shift"] == pytest.approx(4 / 7)
+    # mean |shift| = (0.25*4 + 1*3)/7 = 4/7, logged after the step
+    sasr.plan(stats(0, [group([True, False])]))
+    assert sasr.observe(BlendProbe(lr=1e-6, grad_norm=1.0))["sasr/median_split_abs_shift"] == pytest.approx(4 / 7)
     plain = PolicyTargets(advantages, None, {})
     assert controller("sasr").rl_targets(batch, plain) is plain

@@ -106,6 +106,8 @@ class SASR(BlendController):
         self.g_last: float | None = None
         self.reference_reset = False
         self._pending: BlendPlan | None = None
+        self.median_shift: float | None = None
+        """Mean |A' - A| of the pending RL step's median split (logged by `observe`)."""
 
     @property
     def in_warmup(self) -> bool:
@@ -161,6 +163,9 @@ class SASR(BlendController):
             metrics["sasr/G_last"] = self.g_last
         if probe.kl is not None:
             metrics["sasr/kl_to_reference"] = probe.kl
+        if self.median_shift is not None:
+            metrics["sasr/median_split_abs_shift"] = self.median_shift
+            self.median_shift = None
         return metrics
 
     @property
@@ -172,8 +177,8 @@ class SASR(BlendController):
         if not self.settings.median_split:
             return targets
         advantages = median_split_advantages(targets.advantages, batch.group_index)
-        metrics = {**targets.metrics, "sasr/median_split_abs_shift": float((advantages - targets.advantages).abs().mean())}
-        return replace(targets, advantages=advantages, metrics=metrics)
+        self.median_shift = float((advantages - targets.advantages).abs().mean()) if advantages.numel() else 0.0
+        return replace(targets, advantages=advantages)
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self.rng.getstate()
