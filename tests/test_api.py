@@ -16,7 +16,7 @@ from rlpost.api import ShippedReward, UsageError
 from rlpost.config import ConfigError, load_config
 from rlpost.config.loader import parse_override
 from rlpost.io.metrics import read_metrics
-from tests.e2e.test_trainer import TINY_RUN
+from tests.e2e.runs import TINY_RUN
 
 # A function as a notebook cell defines it: its module is __main__, which no worker can import.
 NOTEBOOK = {"__name__": "__main__"}
@@ -85,8 +85,9 @@ def test_reward_that_is_no_callable_and_eval_settings_out_of_range_are_named():
         rlpost.evaluate("/never/loaded", samples=0)
 
 
-def test_three_steps_through_the_python_api(tmp_path: Path, smollm2_path: str):
+def test_three_steps_through_the_python_api(tmp_path: Path, tiny_chat_model_path: str):
     overrides = {".".join(keys): value for keys, value in map(parse_override, TINY_RUN)}
+    overrides.update({"model.path": tiny_chat_model_path, "rollout.engine": "hf"})
     # Nothing below reads a checkpoint or the export: 1.6 GB of writes spared.
     overrides.update({"checkpoint.every_steps": 0, "checkpoint.at_end": False, "checkpoint.export_final": False})
     summary = rlpost.train(

@@ -1,4 +1,5 @@
-"""End to end: each blending config trains for 3 steps on SmolLM2, and a resumed run continues the
+"""End to end: each blending config trains for 3 steps (the tiny model on the parity reward, so rollouts
+succeed and fail and both branches run), and a resumed run continues the
 controller's schedule exactly (run 2 steps, resume to 3, compare with an uninterrupted 3-step run)."""
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from rlpost.config import load_config
 from rlpost.io.checkpoint import latest_checkpoint
 from rlpost.io.metrics import read_metrics
 from rlpost.loop import TrainingRun
-from tests.e2e.test_trainer import TINY_RUN as TRAINER_TINY_RUN
+from tests.e2e.runs import TINY_RUN as TRAINER_TINY_RUN
+from tests.e2e.runs import on_tiny_model
 
 pytestmark = pytest.mark.slow
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-PARITY_REWARD = Path(__file__).resolve().parent / "parity_reward.py"
 
 # The trainer e2e tests' tiny run; later overrides win (the blends need longer demonstrations).
 TINY_RUN = [
@@ -64,8 +65,8 @@ def _controller_state(run_dir: Path) -> dict:
 
 
 @pytest.mark.parametrize("name", ["sasr", "hpt", "amft"])
-def test_config_trains_end_to_end_on_smollm2(tmp_path, smollm2_path, name):
-    records = _train(tmp_path, "run", name, "train.steps=3")
+def test_config_trains_end_to_end(tmp_path, tiny_chat_model_path, name):
+    records = _train(tmp_path, "run", name, *on_tiny_model(tiny_chat_model_path), "train.steps=3")
     assert [r["step"] for r in records] == [1, 2, 3]
     for record in records:
         assert math.isfinite(record["actor/grad_norm"]) and math.isfinite(record["actor/loss"])
@@ -93,8 +94,7 @@ def test_config_trains_end_to_end_on_smollm2(tmp_path, smollm2_path, name):
 
 @pytest.mark.parametrize("name", ["sasr", "hpt", "amft"])
 def test_resume_continues_the_controller_schedule(tmp_path, tiny_chat_model_path, name):
-    model = [f"model.path={tiny_chat_model_path}", f"reward.functions=[{{name: '{PARITY_REWARD}:parity'}}]", "reward.correct_reward=null",
-             "optimizer.lr=1.0e-3", *RESUME[name]]
+    model = [*on_tiny_model(tiny_chat_model_path), *RESUME[name]]
     uninterrupted = _train(tmp_path, "a", name, *model, "train.steps=3")
     first_part = _train(tmp_path, "b", name, *model, "train.steps=2")
     assert [r["step"] for r in first_part] == [1, 2]

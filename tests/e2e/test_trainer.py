@@ -1,4 +1,5 @@
-"""End to end on the real SmolLM2 model: train, checkpoint, resume exactly, export, evaluate."""
+"""End to end: train, checkpoint, resume exactly and export (the tiny model: the loop's mechanics), and
+evaluate the real SmolLM2 model from the CLI."""
 
 from __future__ import annotations
 
@@ -13,24 +14,9 @@ from rlpost.config import load_config
 from rlpost.io.checkpoint import latest_checkpoint
 from rlpost.io.metrics import read_metrics
 from rlpost.loop import TrainingRun
+from tests.e2e.runs import ONLY_THE_LAST_CHECKPOINT, TINY_RUN, on_tiny_model
 
 pytestmark = pytest.mark.slow
-
-TINY_RUN = [
-    "train.prompts_per_step=2",
-    "rollout.n=3",
-    "rollout.max_new_tokens=12",
-    "rollout.dtype=float32",
-    "learner.backend=torch",
-    "eval.num_problems=3",
-    "eval.every_steps=0",
-    "eval.at_start=false",
-    "checkpoint.every_steps=1",
-    "logging.progress_bar=false",
-    "logging.tensorboard=false",
-    "data.arithmetic.train_size=50",
-    "data.arithmetic.test_size=10",
-]
 
 
 def _train(tmp_path, name: str, *overrides: str) -> list[dict]:
@@ -43,28 +29,27 @@ def _comparable(record: dict) -> dict:
     return {key: value for key, value in record.items() if not key.startswith("perf/")}
 
 
-# Checkpoints and exports the comparison does not read: each costs seconds of disk writes.
-ONLY_THE_LAST_CHECKPOINT = ["checkpoint.every_steps=0", "checkpoint.export_final=false"]
-
-
-def test_resumed_run_matches_uninterrupted_run(tmp_path, smollm2_path):
-    uninterrupted = _train(tmp_path, "a", "train.steps=3", *ONLY_THE_LAST_CHECKPOINT, "checkpoint.at_end=false")
-    first_part = _train(tmp_path, "b", "train.steps=2", *ONLY_THE_LAST_CHECKPOINT)
+def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_chat_model_path):
+    tiny = on_tiny_model(tiny_chat_model_path)
+    uninterrupted = _train(tmp_path, "a", *tiny, "train.steps=3", *ONLY_THE_LAST_CHECKPOINT, "checkpoint.at_end=false")
+    first_part = _train(tmp_path, "b", *tiny, "train.steps=2", *ONLY_THE_LAST_CHECKPOINT)
     assert [r["step"] for r in first_part] == [1, 2]
     assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "ckpt-00000002"
-    resumed = _train(tmp_path, "b", "train.steps=3")
+    resumed = _train(tmp_path, "b", *tiny, "train.steps=3")
     assert [r["step"] for r in resumed] == [1, 2, 3], "the resumed run must append step 3 only"
+    assert all(record["actor/grad_norm"] > 0 for record in uninterrupted), "a run without gradient compares nothing"
     assert _comparable(resumed[-1]) == _comparable(uninterrupted[-1])
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "final")
     assert final.config.vocab_size == 49152
 
 
-def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, smollm2_path):
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, tiny_chat_model_path):
     from rlpost.io.checkpoint import CheckpointError
 
-    _train(tmp_path, "c", "train.steps=1", *ONLY_THE_LAST_CHECKPOINT)
+    tiny = on_tiny_model(tiny_chat_model_path)
+    _train(tmp_path, "c", *tiny, "train.steps=1", *ONLY_THE_LAST_CHECKPOINT)
     with pytest.raises(CheckpointError, match="different config"):
-        _train(tmp_path, "c", "train.steps=2", "objective.clip_high=0.28")
+        _train(tmp_path, "c", *tiny, "train.steps=2", "objective.clip_high=0.28")
 
 
 def test_cli_eval_writes_pass_at_k_json(tmp_path, smollm2_path):

@@ -12,12 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.test_trainer import TINY_RUN as TRAINER_TINY_RUN
+from tests.e2e.runs import TINY_RUN as TRAINER_TINY_RUN
+from tests.e2e.runs import on_tiny_model
 from tests.reliability.faults import FAULT_ENV, Fault
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
-PARITY_REWARD = REPO / "tests" / "blending" / "parity_reward.py"
 STEPS = 4
 CHECKPOINT_EVERY = 2
 
@@ -26,13 +26,8 @@ def tiny_run(model: str, output_dir: Path, *overrides: str) -> list[str]:
     """Overrides of a 4-step run checkpointed every 2 steps, without evaluation; later overrides win."""
     return [
         *TRAINER_TINY_RUN,
-        f"model.path={model}",
-        f"reward.functions=[{{name: '{PARITY_REWARD}:parity'}}]",
-        "reward.correct_reward=null",
-        "reward.num_workers=1",
-        "rollout.engine=hf",
+        *on_tiny_model(model),
         "learner.mixed_precision=no",
-        "optimizer.lr=1.0e-3",
         "data.test=null",
         "train.threads=1",
         f"train.steps={STEPS}",

@@ -62,17 +62,17 @@ def _config(cluster, model_path, output_dir, *overrides):
     )
 
 
-def test_learner_and_rollout_on_separate_nodes_train_and_resume_after_a_learner_crash(two_nodes, model_path, tmp_path) -> None:
+def test_learner_and_rollout_on_separate_nodes_train_and_resume_after_a_learner_crash(two_nodes, tiny_chat_model_path, tmp_path) -> None:
     head, worker = two_nodes.head_node.node_id, next(iter(two_nodes.worker_nodes)).node_id
 
     crashed = Recorder(kill_at_step=2)
     with pytest.raises(LearnerCrashed, match="ckpt-00000002"):
-        TrainingRun(_config(two_nodes, model_path, tmp_path), hooks=crashed).fit()
+        TrainingRun(_config(two_nodes, tiny_chat_model_path, tmp_path), hooks=crashed).fit()
     assert crashed.nodes == {"learner": {head}, "rollout": {worker}}
     assert [folder.name for folder in complete_checkpoints(tmp_path / "checkpoints")] == ["ckpt-00000001", "ckpt-00000002"]
 
     resumed = Recorder()
-    trainer = TrainingRun(_config(two_nodes, model_path, tmp_path, "train.resume=auto"), hooks=resumed)
+    trainer = TrainingRun(_config(two_nodes, tiny_chat_model_path, tmp_path, "train.resume=auto"), hooks=resumed)
     trainer.fit()
     assert trainer.start_step == 2
     assert resumed.nodes == {"learner": {head}, "rollout": {worker}}

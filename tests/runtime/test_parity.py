@@ -2,7 +2,7 @@
 rollout worker, one learner rank) gives the same step metrics and the same checkpoint, and a
 checkpoint of either runtime resumes on the other.
 
-Both runs use the real SmolLM2 model with the HF engine and a DeepSpeed learner in fp32, one thread
+Both runs use the tiny random model (SmolLM2's tokenizer) with the HF engine and a DeepSpeed learner in fp32, one thread
 per process (so the arithmetic is the same in the actors as in this process).
 """
 
@@ -97,7 +97,7 @@ def _assert_same_checkpoint(local_dir, remote_dir) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_pairs(model_path, tmp_path_factory, ray_session):
+def run_pairs(tiny_chat_model_path, tmp_path_factory, ray_session):
     """method -> (local run folder, Ray run folder), each trained once for the whole module."""
     trained: dict[str, tuple] = {}
 
@@ -105,7 +105,7 @@ def run_pairs(model_path, tmp_path_factory, ray_session):
         if method not in trained:
             root = tmp_path_factory.mktemp(method)
             for runtime in ("local", "ray"):
-                _train(model_path, root / runtime, runtime, *METHODS[method])
+                _train(tiny_chat_model_path, root / runtime, runtime, *METHODS[method])
             trained[method] = (root / "local", root / "ray")
         return trained[method]
 
@@ -125,13 +125,13 @@ def test_local_and_ray_runs_match(method, run_pairs):
         shutil.rmtree(local_dir.parent)
 
 
-def test_checkpoints_resume_across_runtimes(model_path, run_pairs, tmp_path):
+def test_checkpoints_resume_across_runtimes(tiny_chat_model_path, run_pairs, tmp_path):
     """GRPO's two local steps then one on Ray, and its two Ray steps then one locally: the same third step."""
     continued = {}
     for source, then in zip(run_pairs("grpo"), ("ray", "local"), strict=True):
         folder = tmp_path / f"{source.name}_then_{then}"
         shutil.copytree(source, folder)
-        run = TrainingRun(_config(model_path, folder, then, "train.steps=3", "train.resume=auto"))
+        run = TrainingRun(_config(tiny_chat_model_path, folder, then, "train.steps=3", "train.resume=auto"))
         run.fit()
         assert run.start_step == STEPS
         continued[then] = read_metrics(folder)

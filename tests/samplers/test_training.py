@@ -28,7 +28,7 @@ from rlpost.loop import TrainingRun
 from rlpost.samplers import SAMPLERS, PromptSampler, allocate_budgets, binary_outcomes
 from rlpost.samplers.outcomes import budget_histogram
 from rlpost.types import Group
-from tests.e2e.test_trainer import TINY_RUN
+from tests.e2e.runs import TINY_RUN
 
 pytestmark = pytest.mark.slow
 
