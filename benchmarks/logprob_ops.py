@@ -3,6 +3,7 @@
     python benchmarks/logprob_ops.py                   # default cases
     python benchmarks/logprob_ops.py --quick           # one small case (smoke test)
     python benchmarks/logprob_ops.py --cases smollm2:8192:fp32 --chunk-sizes 256,512,1024
+    python benchmarks/logprob_ops.py --policy-loss     # learner.fused_ops: the surrogate, plain vs fused
 
 Both paths start from hidden states [N, H] and an LM head weight [V, H] (SmolLM2-135M: H=576,
 V=49152; Qwen2.5-1.5B: H=1536, V=151936) and run forward + backward of Σ c·logp with random c:
@@ -122,6 +123,45 @@ def worker_time(case: Case, chunk_sizes: list[int], repeats: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# the per-token policy loss (learner.fused_ops), in this process: small tensors
+
+
+def policy_loss_comparison(sequences: int, tokens: int, rounds: int) -> None:
+    """The objectives' surrogate (`policy_loss_terms`) plain and fused, token-mean, forward + backward:
+    whether loss, gradient and clip events are bit-identical, and the median within-round time ratio."""
+    import torch
+
+    from rlpost.objectives.core import aggregate_loss, step_scale_of
+    from rlpost.ops import policy_loss_terms
+
+    gen = torch.Generator().manual_seed(0)
+    logp = -torch.rand(sequences, tokens, generator=gen) * 3
+    old = logp + torch.randn(sequences, tokens, generator=gen) * 0.3
+    adv = torch.randn(sequences, generator=gen)
+    mask = (torch.rand(sequences, tokens, generator=gen) > 0.2).float()
+    scale = step_scale_of(mask, tokens)
+
+    def run(fused: bool):
+        x = logp.clone().requires_grad_()
+        terms = policy_loss_terms(x, old, adv, clip_low=0.2, clip_high=0.28, clip_c=3.0, fused=fused)
+        loss = aggregate_loss(terms.loss, mask, "token-mean", scale)
+        loss.backward()
+        return [loss.detach(), x.grad, terms.ratio.detach(), terms.clipped_upper, terms.clipped_lower, terms.dual_clipped]
+
+    same = all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for fused in (False, True):
+            start = time.perf_counter()
+            for _ in range(20):
+                run(fused)
+            seconds[fused].append((time.perf_counter() - start) / 20)
+    ratio = statistics.median(f / p for f, p in zip(seconds[True], seconds[False]))
+    print(f"policy loss {sequences} x {tokens}: bit-identical {same}; plain {statistics.median(seconds[False]) * 1e3:.2f} ms, "
+          f"fused {statistics.median(seconds[True]) * 1e3:.2f} ms, fused/plain {ratio:.2f}")
+
+
+# --------------------------------------------------------------------------------------------
 # driver side
 
 
@@ -145,8 +185,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-path memory subprocesses")
     parser.add_argument("--quick", action="store_true", help="one small case, one repeat")
+    parser.add_argument("--policy-loss", action="store_true", help="time the fused policy loss instead (64 x 128 tokens)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.policy_loss:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        policy_loss_comparison(64, 128, rounds=5 if args.quick else 30)
+        return
 
     if args.worker:
         if args.threads:
