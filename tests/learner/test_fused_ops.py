@@ -16,7 +16,8 @@ from rlpost.objectives.registry import get_objective
 from tests.conftest import make_groups
 
 # Every objective family whose loss is a clipped surrogate: GRPO's, DAPO's dual clip, GSPO's sequence
-# ratio, VCPO's unclipped IS-weighted form, GTPO's per-token advantages, RLOO's baseline.
+# ratio, VCPO's unclipped IS-weighted form, GTPO's per-token advantages, RLOO's baseline, Clip-Cov's and
+# KL-Cov's token selections. (CISPO's loss, -sg(clip(r))·A·log π, is no clipped surrogate: it stays eager.)
 OBJECTIVES = {
     "grpo": {"name": "grpo", "kl_coef": 0.05, "entropy_coef": 0.01},
     "dapo": {"name": "dapo"},
@@ -24,6 +25,8 @@ OBJECTIVES = {
     "vcpo": {"name": "vcpo"},
     "gtpo": {"name": "gtpo", "gtpo": {"entropy_threshold": 10.0}},  # the tiny model's entropy is ~4.8
     "rloo": {"name": "rloo"},
+    "clip_cov": {"name": "clip_cov"},
+    "kl_cov": {"name": "kl_cov"},
 }
 
 
