@@ -191,6 +191,13 @@ def check_combinations(config: RLPostConfig) -> None:
             "(a blended step's SFT and validation batches are not sharded over learner ranks)"
         )
     check_blending_filter(config)
+    dapo = config.objective.dapo
+    if config.objective.name == "dapo" and dapo.carry_surplus and cluster.max_staleness == 0:
+        raise ConfigError(
+            "objective.dapo.carry_surplus: carried groups are one policy version staler than the batch they join, "
+            "and cluster.max_staleness: 0 drops every such group; set cluster.max_staleness >= 1 (with its "
+            "importance-sampling correction) or objective.dapo.carry_surplus: false"
+        )
 
 
 def check_blending_filter(config: RLPostConfig) -> None:

@@ -76,12 +76,6 @@ class BatchPlanner:
             index = self.next_index
             self.sampler_snapshots[index] = copy.deepcopy(self.sampler.state_dict())
             batch = BatchState(index, group_filter=self.objective.group_filter(self.prompts_per_step))
-            if getattr(batch.group_filter, "carry", None) is not None and max_staleness == 0:
-                raise ValueError(
-                    "objective.dapo.carry_surplus: carried groups are one policy version staler than the batch "
-                    "they join, and cluster.max_staleness 0 drops every such group; set cluster.max_staleness >= 1 "
-                    "(with its importance-sampling correction) or carry_surplus: false"
-                )
             self.batches[index] = batch
             units += self._plan_round(batch, max_staleness, engines)
             self.next_index += 1

@@ -8,10 +8,12 @@ import json
 
 import pytest
 
+from rlpost.config import ConfigError, load_config
 from rlpost.config.objective import ObjectiveConfig
 from rlpost.config.sampler import SamplerConfig
 from rlpost.loop.batches import BatchPlanner
 from rlpost.objectives.registry import get_objective
+from rlpost.preflight import check_combinations
 from rlpost.runtime.executor import Generated
 from rlpost.samplers import build_sampler
 from rlpost.types import Completion, Group, Prompt
@@ -46,8 +48,10 @@ def _ids(groups) -> list[str]:
 
 
 def test_carrying_is_refused_without_staleness_allowance():
-    with pytest.raises(ValueError, match="max_staleness >= 1"):
-        _planner().plan(version=0, max_staleness=0, total_steps=2, engines=1)
+    config = load_config(None, ["objective.name=dapo", "objective.dapo.carry_surplus=true", "cluster.max_staleness=0"])
+    with pytest.raises(ConfigError, match="set cluster.max_staleness >= 1"):
+        check_combinations(config)
+    check_combinations(config.model_copy(update={"cluster": config.cluster.model_copy(update={"max_staleness": 1})}))
 
 
 def test_surplus_of_batch_0_opens_batch_1_even_when_batch_1_finishes_first():
