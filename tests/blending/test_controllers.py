@@ -369,3 +369,11 @@ def test_sasr_median_split_by_hand():
     assert sasr.observe(BlendProbe(lr=1e-6, grad_norm=1.0))["sasr/median_split_abs_shift"] == pytest.approx(4 / 7)
     plain = PolicyTargets(advantages, None, {})
     assert controller("sasr").rl_targets(batch, plain) is plain
+
+
+def test_hpt_does_not_count_a_luffy_demonstration():
+    # 0 of 3 rollouts right plus a LUFFY demonstration (correct, reward 1): still 0 successes -> SFT at gate 0.
+    mixed = group([False, False, False, True], rewards=[0.0, 0.0, 0.0, 1.0])
+    mixed.reward_components = {"luffy/off_policy": [0.0, 0.0, 0.0, 1.0]}
+    assert count_successes(mixed, "correct", 1.0) == 0 and count_successes(mixed, "reward", 1.0) == 0
+    assert controller("hpt", gate=0).plan(stats(0, [mixed])).sft_groups == [0]

@@ -148,3 +148,17 @@ def test_attach_guidance_and_the_filter():
     other = get_objective("grpo")(ObjectiveConfig(name="grpo"), max_response_length=4)
     attach_guidance(SimpleNamespace(objective=other, tokenizer=_Tokenizer(), pad_token_id=0, train_prompts=[prompt]))
     assert not hasattr(other, "demonstrations")
+
+
+def test_the_marker_flows_through_the_train_batch():
+    # Rollouts [0, 1] plus the demonstration (reward 1): mean 2/3, unbiased std sqrt(1/3) = 0.5773503;
+    # A = (0 - 2/3)/0.5773513 = -1.1547, (1 - 2/3)/0.5773513 = 0.5773, the demonstration 0.5773.
+    from rlpost.learner.batch import build_train_batch, prepare_update
+
+    prompt = Prompt("p", "q", [1, 2], {"solution": "s"})
+    group = Group(prompt, [_completion([5]), _completion([6, 7])], [0.0, 1.0], {"acc": [0.0, 1.0]}, [False, True])
+    batch = build_train_batch([with_demonstration(group, _completion([8, 9, 10]), 1.0)], pad_token_id=0)
+    targets = prepare_update(make(), batch)
+    assert targets.advantages.tolist() == pytest.approx([-1.1547, 0.5773, 0.5773], abs=1e-4)
+    assert targets.token_weights.tolist() == [[1.0] * 3, [1.0] * 3, [-1.0] * 3]  # the sign marks the row
+    assert targets.metrics["luffy/demo_rows"] == 1.0

@@ -39,6 +39,7 @@ from pydantic import Field, model_validator
 
 from rlpost.blending.base import BlendController, BlendPlan, BlendProbe, Metrics, StepStats, register_controller
 from rlpost.config.base import Section
+from rlpost.objectives.luffy import OFF_POLICY_COMPONENT
 from rlpost.types import Group
 
 
@@ -76,10 +77,15 @@ class HptConfig(Section):
 
 
 def count_successes(group: Group, success: str, success_value: float) -> int:
-    """Successful rollouts of `group`: `correct` flags, or rewards exactly equal to `success_value`."""
+    """Successful rollouts of `group`: `correct` flags, or rewards exactly equal to `success_value`.
+
+    A demonstration that the `luffy` objective put into the group (reward component
+    `luffy/off_policy` = 1) is not a rollout and does not count.
+    """
+    marker = group.reward_components.get(OFF_POLICY_COMPONENT, [0.0] * group.size)
     if success == "correct":
-        return sum(bool(c) for c in group.correct)
-    return sum(float(r) == success_value for r in group.rewards)
+        return sum(bool(c) for c, m in zip(group.correct, marker) if m < 0.5)
+    return sum(float(r) == success_value for r, m in zip(group.rewards, marker) if m < 0.5)
 
 
 def route(successes: list[int], gate: int) -> tuple[list[int], list[int]]:
