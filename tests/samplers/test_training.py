@@ -51,14 +51,18 @@ RUN = [
     "checkpoint.every_steps=0",
     "checkpoint.at_end=false",
 ]
-CONFIG_FILES = {"uniform": "quickstart.yaml", "vade": "vade.yaml", "knapsack": "knapsack.yaml"}
+CONFIG_FILES = {"uniform": "quickstart.yaml", "vade": "vade.yaml", "knapsack": "knapsack.yaml", "cures": "cures.yaml"}
 SAMPLER_OVERRIDES = {
     "uniform": [],
     # No decay: each posterior is then the prior plus the prompt's summed successes and failures.
     "vade": ["sampler.vade.lambda_fast=1.0", "sampler.vade.lambda_slow=1.0"],
     # One visit of N rollouts makes a prompt's estimate valid, so Knapsack allocates from step 2.
     "knapsack": [f"sampler.knapsack.min_buffer_length={N}"],
+    # A pool of 2 x 3 prompts is capped at the 3-prompt training set: every step rolls out all three.
+    "cures": [],
 }
+UNEQUAL_BY_DESIGN = ("knapsack", "cures")
+"""Samplers whose own budgets differ between prompts (the others get `vary_budgets`)."""
 VARIED_BUDGETS = [N - 1, N + 1, N - 1]
 
 
@@ -190,7 +194,28 @@ def check_knapsack(trainer: TrainingRun, recording: Recording, records: list[dic
             history.setdefault(group.prompt.prompt_id, []).extend(binary_outcomes(group))
 
 
-SAMPLER_CHECKS = {"uniform": check_uniform, "vade": check_vade, "knapsack": check_knapsack}
+def check_cures(trainer: TrainingRun, recording: Recording, records: list[dict]) -> None:
+    """Step 1 splits evenly (every prompt at the prior, p = 1/2); later steps split 3N ∝ sqrt(p(1-p)) with
+    p = (s + 1)/(n + 2) from every earlier outcome of the prompt."""
+    from rlpost.samplers.cures import proportional_budgets
+
+    settings = trainer.config.sampler.cures
+    counts: dict[str, list[int]] = {}
+    for step, (groups, metrics) in enumerate(zip(recording.groups, records, strict=True)):
+        sizes = [g.size for g in groups]
+        assert sum(sizes) == 3 * N, "the same total budget as uniform"
+        if step == 0:
+            assert sizes == [N] * 3
+        else:
+            p = np.array([(sum(counts[g.prompt.prompt_id]) + 1) / (len(counts[g.prompt.prompt_id]) + 2) for g in groups])
+            expected = proportional_budgets(np.sqrt(p * (1 - p)), 3 * N, settings.min_n, settings.max_n)
+            assert sizes == expected.tolist()
+            assert metrics["sampler/cures/selected_p_mean"] == pytest.approx(p.mean())
+        for group in groups:
+            counts.setdefault(group.prompt.prompt_id, []).extend(binary_outcomes(group))
+
+
+SAMPLER_CHECKS = {"uniform": check_uniform, "vade": check_vade, "knapsack": check_knapsack, "cures": check_cures}
 
 
 def test_every_registered_sampler_has_a_training_check():
@@ -205,7 +230,7 @@ def test_sampler_trains_with_groups_of_unequal_size(tmp_path, tiny_chat_model_pa
     )
     assert config.sampler.name == name
     trainer = TrainingRun(config)
-    if name != "knapsack":
+    if name not in UNEQUAL_BY_DESIGN:
         vary_budgets(trainer.sampler)
     recording = record(trainer)
     trainer.fit()
