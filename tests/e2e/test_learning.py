@@ -13,8 +13,10 @@ The pass margin is derived from the run's own noise, not fixed: a step's mean re
 the last-steps mean to exceed the first-steps mean by 3 standard errors of the difference
 (a gain that noise alone produces with probability about 0.1%).
 
-A deliberately flipped advantage sign (tried while writing this test) drives the reward down
-instead, and the test fails.
+Measured while writing it (seed 0, 2 shared CPU cores, about 40-60 s per objective): GRPO went
+from 0.682 (first 3 steps) to 0.999 (last 3), margin 0.094; RLOO from 0.673 to 1.000, margin 0.097.
+With the advantages' sign deliberately flipped (patched in the process, never committed) the
+reward fell instead, GRPO 0.676 -> 0.001 and RLOO 0.668 -> 0.001, and the test failed for both.
 """
 
 from __future__ import annotations
