@@ -100,7 +100,11 @@ def autograd_parameters(tensor: torch.Tensor) -> list[torch.Tensor]:
 
 
 class GradientPieces:
-    """Σ_k ‖g_k‖² of the micro-batch gradients of one step, read from the accumulated `param.grad`."""
+    """Σ_k ‖g_k‖² of the micro-batch gradients of one step, read from the accumulated `param.grad`.
+
+    One float32 buffer per parameter holds G_{k-1}; it is updated in place (never an alias of
+    `param.grad`, which the next backward accumulates into).
+    """
 
     def __init__(self) -> None:
         self.params: list[torch.Tensor] | None = None
@@ -108,9 +112,16 @@ class GradientPieces:
         self.sq_norm_sum = 0.0
         self.pieces = 0
 
-    def _current(self) -> list[torch.Tensor]:
-        assert self.params is not None
-        return [torch.zeros_like(p, dtype=torch.float32) if p.grad is None else p.grad.detach().float() for p in self.params]
+    def _advance(self) -> tuple[float, float]:
+        """(‖G_k - G_{k-1}‖², ‖G_k‖²), with the buffers moved on to G_k."""
+        assert self.params is not None and self.previous is not None
+        piece, total = 0.0, 0.0
+        for param, previous in zip(self.params, self.previous, strict=True):
+            current = torch.zeros_like(previous) if param.grad is None else param.grad.detach().to(previous.dtype)
+            piece += float((current - previous).double().pow(2).sum())
+            total += float(current.double().pow(2).sum())
+            previous.copy_(current)
+        return piece, total
 
     def before_micro_batch(self, logp: torch.Tensor) -> None:
         """Record the piece of the previous micro-batch (G_k - G_{k-1}) and remember G_k."""
@@ -118,23 +129,23 @@ class GradientPieces:
             return
         if self.params is None:
             self.params = autograd_parameters(logp)
-        current = self._current()
-        if self.previous is not None:
-            self.sq_norm_sum += sum(float((c - p).pow(2).sum()) for c, p in zip(current, self.previous, strict=True))
-            self.pieces += 1
-        self.previous = current
+        if self.previous is None:
+            self.previous = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+            self._advance()  # the step's starting gradient (zero after the optimizer's zero_grad)
+            return
+        piece, _ = self._advance()
+        self.sq_norm_sum += piece
+        self.pieces += 1
 
     def finish(self) -> tuple[float, float, int]:
         """(S, ‖G‖², K) of the step, the last piece included; resets for the next step."""
         if self.params is None or self.previous is None:
-            self.previous, self.sq_norm_sum, self.pieces = None, 0.0, 0
+            self.sq_norm_sum, self.pieces = 0.0, 0
             return 0.0, 0.0, 0
-        current = self._current()
-        sq_sum = self.sq_norm_sum + sum(float((c - p).pow(2).sum()) for c, p in zip(current, self.previous, strict=True))
-        total = sum(float(c.double().pow(2).sum()) for c in current)
-        pieces = self.pieces + 1
+        piece, total = self._advance()
+        result = (self.sq_norm_sum + piece, total, self.pieces + 1)
         self.previous, self.sq_norm_sum, self.pieces = None, 0.0, 0
-        return sq_sum, total, pieces
+        return result
 
 
 @OBJECTIVES.register("oblr_po", config=OblrPoConfig, group_relative=True)

@@ -48,9 +48,9 @@ def test_advantages_with_the_length_weighted_baseline():
 
 
 def _micro_step(objective, weight, rows):
-    """One micro-batch: logp = w * x of its rows, A = 1, token-sum-like loss, backward into weight.grad."""
+    """One micro-batch of 2 sequences of 2 tokens: token log-probs w_t * x_t, A = 1, backward into weight.grad."""
     x = torch.tensor(rows, dtype=torch.float64)
-    logp = (x * weight).unsqueeze(-1)
+    logp = x * weight
     mask = torch.ones_like(logp.detach())
     inputs = LossInputs(logp=logp, old_logp=logp.detach(), advantages=torch.ones(len(rows), dtype=torch.float64), mask=mask)
     loss, _ = objective.compute_loss(inputs, step_scale_of(torch.ones(4, 1), 4))
@@ -95,3 +95,16 @@ def test_autograd_parameters_finds_the_leaves():
     b = torch.ones(2, requires_grad=True)
     found = autograd_parameters((a * 2 + b.exp()).sum())
     assert {id(t) for t in found} == {id(a), id(b)}
+
+
+def test_float32_gradients_are_not_aliased():
+    # float32 parameters: param.grad.float() is param.grad itself; the pieces must still be (-1, 0) and (-1, -1).
+    weight = torch.zeros(2, dtype=torch.float32, requires_grad=True)
+    objective = make()
+    for rows in ([[4.0, 0.0], [0.0, 0.0]], [[4.0, 4.0], [0.0, 0.0]]):
+        x = torch.tensor(rows, dtype=torch.float32)
+        logp = (x * weight).sum(-1, keepdim=True)
+        inputs = LossInputs(logp=logp, old_logp=logp.detach(), advantages=torch.ones(2), mask=torch.ones(2, 1))
+        loss, _ = objective.compute_loss(inputs, step_scale_of(torch.ones(4, 1), 4))
+        loss.backward()
+    assert objective.lr_scale({})[0] == pytest.approx(0.8)
