@@ -213,6 +213,12 @@ class BlendController:
         """(w_rl, w_sft) of a plan with `defer_weights`, from what the learner measured."""
         raise NotImplementedError(f"{self.name}: plans that defer their weights need decide()")
 
+    def rl_targets(self, batch: Any, targets: Any) -> Any:
+        """The RL side's targets (`PolicyTargets` of `batch`: a `TrainBatch`), reshaped by the controller
+        (SASR's median split). Default: unchanged."""
+        del batch
+        return targets
+
     def observe(self, probe: BlendProbe) -> Metrics:
         """Update the state after the optimizer step; the controller's metrics."""
         del probe

@@ -54,6 +54,7 @@ def plan_blend(
         else:
             rl_batch = build_train_batch([groups[i] for i in plan.rl_groups], demos.pad_token_id)
             rl_targets = prepare_update(objective, rl_batch)
+        rl_targets = controller.rl_targets(rl_batch, rl_targets)
     if plan.trains_sft:
         sft_batch = demos.batch([groups[i].prompt for i in plan.sft_groups])
     if plan.meta_gradient and validation_prompts:

@@ -13,6 +13,7 @@ from rlpost.config.schema import RLPostConfig
 from rlpost.data import build_prompts, build_training_prompts, load_rows
 from rlpost.loop.setup import load_tokenizer, pad_token_id
 from rlpost.models import resolve_model
+from rlpost.objectives.luffy import attach_guidance
 from rlpost.objectives.registry import get_objective
 from rlpost.runtime.executor import LearnerRequest
 from rlpost.samplers import build_sampler
@@ -70,6 +71,7 @@ def build_parts(config: RLPostConfig) -> RunParts:
         objective=get_objective(config.objective.name)(config.objective, config.rollout.max_new_tokens),
     )
     _add_blending(parts, config)
+    attach_guidance(parts)  # LUFFY's demonstrations join its groups; other objectives are left alone
     parts.sampler = build_sampler(
         config.sampler, parts.train_prompts, prompts_per_step=config.train.prompts_per_step,
         default_n=config.rollout.n, seed=config.train.seed,

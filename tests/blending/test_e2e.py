@@ -37,6 +37,7 @@ SHORT = {
     "hpt": [],
     "amft": ["blending.amft.warmup_steps=1", "blending.amft.meta_update_freq=1", "blending.amft.validation_size=4",
              "blending.amft.entropy_lr=0.05"],
+    "srft": [],
 }
 
 
@@ -46,6 +47,7 @@ RESUME = {
     "sasr": ["blending.sasr.seed=1"],  # draws 0.13 (hybrid SFT step: G_last moves), then 0.85 (RL)
     "hpt": ["blending.hpt.gate=1"],  # questions with at most 1 of 3 rollouts right go to SFT
     "amft": [],
+    "srft": [],
 }
 
 
@@ -64,7 +66,7 @@ def _controller_state(run_dir: Path) -> dict:
     return json.loads((folder / "trainer.json").read_text())["blending"]
 
 
-@pytest.mark.parametrize("name", ["sasr", "hpt", "amft"])
+@pytest.mark.parametrize("name", ["sasr", "hpt", "amft", "srft"])
 def test_config_trains_end_to_end(tmp_path, tiny_chat_model_path, name):
     records = _train(tmp_path, "run", name, *on_tiny_model(tiny_chat_model_path), "train.steps=3")
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -92,7 +94,7 @@ def test_config_trains_end_to_end(tmp_path, tiny_chat_model_path, name):
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
-@pytest.mark.parametrize("name", ["sasr", "hpt", "amft"])
+@pytest.mark.parametrize("name", ["sasr", "hpt", "amft", "srft"])
 def test_resume_continues_the_controller_schedule(tmp_path, tiny_chat_model_path, name):
     model = [*on_tiny_model(tiny_chat_model_path), *RESUME[name]]
     uninterrupted = _train(tmp_path, "a", name, *model, "train.steps=3")
