@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="data file/folder/Hub id, or `arithmetic` (required unless --compare)")
     ev.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                     help="compare two --out files: B - A per metric with a 95%% interval (Newcombe/Wilson)")
-    ev.add_argument("--split", default="test")
+    ev.add_argument("--split", default="test", help="split of the built-in task or a Hub dataset (arithmetic's test split uses phrasings no training row has)")
     ev.add_argument("--config", help="take the prompt format (data.system_prompt, templates) from this training config")
     ev.add_argument("--samples", type=int, default=1, help="samples per problem (1: greedy)")
     ev.add_argument("--temperature", type=float, default=1.0)
