@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
-from rlpost.learner.batch import PolicyTargets, TrainBatch, micro_batches
+from rlpost.learner.batch import PolicyTargets, TrainBatch
 from rlpost.learner.distributed import all_reduce_max, all_reduce_sum, world_size
 from rlpost.objectives.base import LossInputs, Objective, StepScale
 from rlpost.objectives.sft import SFTLoss
@@ -37,6 +37,8 @@ class Runner(Protocol):
     def token_logprobs(self, model, batch, compute_entropy, temperature=None): ...
 
     def backward(self, loss: torch.Tensor, is_last: bool) -> None: ...
+
+    def micro_batch_rows(self, batch: TrainBatch, rows: torch.Tensor) -> list[torch.Tensor]: ...
 
 
 @dataclass
@@ -82,8 +84,9 @@ class Strategy:
     def needs_entropy(self) -> bool:
         return self.loss_fn.needs_entropy or self.measure_entropy
 
-    def micro_batches(self, batch: TrainBatch, rows: torch.Tensor, size: int) -> list[torch.Tensor]:
-        return micro_batches(len(rows), size)
+    def micro_batches(self, runner: Runner, batch: TrainBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Positions within `rows` of each micro-batch; any order (every tensor is indexed by them)."""
+        return runner.micro_batch_rows(batch, rows)
 
     def loss_inputs(self, micro: Micro) -> LossInputs:
         raise NotImplementedError
@@ -209,7 +212,7 @@ def accumulate(
     `is_last`: this pass's last backward closes the step's gradient accumulation. A rank with fewer
     micro-batches than another runs extra ones on its first row at loss weight 0 (no gradient, no metrics).
     """
-    chunks = strategy.micro_batches(batch, rows, runner.micro_batch_size)
+    chunks = strategy.micro_batches(runner, batch, rows)
     total = padded_count(len(chunks)) if world_size() > 1 else len(chunks)
     result = Accumulated(current_logp=torch.zeros_like(batch.response_mask[rows]))
     fused = fused_ops_enabled(runner.config.learner.fused_ops, runner.device)

@@ -180,3 +180,43 @@ def prepare_update(objective: Objective, batch: TrainBatch) -> PolicyTargets:
 def micro_batches(size: int, micro_batch_size: int) -> list[torch.Tensor]:
     """Row indices of consecutive micro-batches covering 0..size-1."""
     return [torch.arange(start, min(start + micro_batch_size, size)) for start in range(0, size, micro_batch_size)]
+
+
+def sequence_lengths(batch: TrainBatch) -> torch.Tensor:
+    """[N] long, prompt + response tokens of each row."""
+    return batch.attention_mask.sum(dim=1).long()
+
+
+def token_budget_micro_batches(lengths: torch.Tensor, budget: int, packed: bool) -> list[torch.Tensor]:
+    """Positions (into `lengths`) of micro-batches of rows sorted longest first, each filled while it fits
+    `budget`: its rows x its longest row (padded, bucketed), or the sum of its rows' lengths (`packed`).
+
+    Each row lands in exactly one micro-batch; a row over the budget alone gets one of its own. Longest
+    first puts the step's memory peak in its first micro-batch; within one, rows keep the batch's order."""
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    chunks: list[list[int]] = []
+    cost = longest = 0
+    for position, length in zip(order.tolist(), lengths[order].tolist(), strict=True):
+        if chunks:
+            grown = cost + length if packed else (len(chunks[-1]) + 1) * longest
+            if grown <= budget:
+                chunks[-1].append(position)
+                cost = grown
+                continue
+        chunks.append([position])
+        cost = longest = length
+    return [torch.tensor(sorted(chunk), dtype=torch.long) for chunk in chunks]
+
+
+def split_micro_batches(batch: TrainBatch, rows: torch.Tensor, mode: str, micro_batch_size: int,
+                        micro_batch_tokens: int | None) -> list[torch.Tensor]:
+    """Positions within `rows` of each micro-batch of `rows` of `batch`, as `learner.micro_batching` says.
+
+    `padded`: consecutive runs of `micro_batch_size`. `bucketed` / `packed`: a token budget of
+    `micro_batch_tokens` (None: `micro_batch_size` x the longest of `rows`) over rows sorted by length.
+    """
+    if mode == "padded" or len(rows) == 0:
+        return micro_batches(len(rows), micro_batch_size)
+    lengths = sequence_lengths(batch)[rows]
+    budget = micro_batch_tokens or micro_batch_size * max(int(lengths.max()), 1)
+    return token_budget_micro_batches(lengths, budget, packed=mode == "packed")

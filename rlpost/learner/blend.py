@@ -10,7 +10,7 @@ import torch
 
 from rlpost.blending.base import BlendPlan, BlendProbe
 from rlpost.learner.accumulate import Accumulated, Demonstration, PolicyGradient, Strategy, accumulate
-from rlpost.learner.batch import PolicyTargets, TrainBatch, micro_batches
+from rlpost.learner.batch import PolicyTargets, TrainBatch
 from rlpost.learner.distributed import all_reduce_sum
 
 Gradients = list[torch.Tensor | None]
@@ -53,7 +53,7 @@ def run_side(learner, batch: TrainBatch, strategy: Strategy, is_last: bool) -> t
 def mean_entropy(learner, batch: TrainBatch, temperature: float) -> float:
     """The policy's mean token entropy over `batch` at `temperature` (no top-k/top-p), all ranks."""
     total = 0.0
-    for rows in micro_batches(batch.size, learner.micro_batch_size):
+    for rows in learner.micro_batch_rows(batch, torch.arange(batch.size)):
         sub = batch.select(rows)
         _, entropy = learner.token_logprobs(learner.module, sub, compute_entropy=True, temperature=temperature)
         total += float((entropy.double().cpu() * sub.response_mask.double()).sum())

@@ -48,7 +48,7 @@ class OpobGradient(Strategy):
     def needs_entropy(self) -> bool:
         return False
 
-    def micro_batches(self, batch: TrainBatch, rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+    def micro_batches(self, runner, batch: TrainBatch, rows: torch.Tensor) -> list[torch.Tensor]:
         """One sequence each, group after group."""
         chunks = []
         for group in torch.unique(batch.group_index[rows]):

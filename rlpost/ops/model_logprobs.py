@@ -21,12 +21,8 @@ def model_token_logprobs(
     response_index: Tensor,
     response_mask: Tensor,
     *,
-    temperature: float = 1.0,
-    fused: bool = True,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    compute_entropy: bool = False,
-    top_p: float = 1.0,
-    top_k: int = -1,
+    temperature: float = 1.0, fused: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE, compute_entropy: bool = False,
+    top_p: float = 1.0, top_k: int = -1, packed: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Response-aligned log-probs (and entropies) of the response tokens of a batch.
 
@@ -50,14 +46,17 @@ def model_token_logprobs(
     head parameters are partitioned (DeepSpeed ZeRO-3) or that post-process logits (final logit
     soft-capping) always take the plain path on their head (still only at response positions).
     peft-wrapped models are unwrapped with `get_base_model()`; LoRA layers stay active.
+
+    `packed=True` runs the body on the B rows' tokens (right-padded rows) concatenated into one row with
+    per-sequence position ids and no attention mask, which transformers turns into a block-diagonal
+    causal mask (`_packed_last_hidden_state`): the padded forward's values, no compute on padding.
     """
     causal_lm = _unwrap(model)
     head = causal_lm.get_output_embeddings()
     if head is None:
         raise TypeError(f"{type(causal_lm).__name__} has no output embeddings (LM head)")
     rows, positions = _response_positions(response_index, response_mask, input_ids.shape[1])
-    hidden = _last_hidden_state(causal_lm, input_ids, attention_mask)
-    selected = hidden[rows, positions - 1]  # [n, H], n = number of response tokens
+    selected = _predicting_hidden_states(causal_lm, input_ids, attention_mask, rows, positions, packed)
     targets = input_ids[rows, positions]
     logp, entropy = _head_logprobs(
         causal_lm,
@@ -112,6 +111,33 @@ def _last_hidden_state(causal_lm: nn.Module, input_ids: Tensor, attention_mask: 
     if body is causal_lm:
         raise TypeError(f"cannot find the transformer body of {type(causal_lm).__name__}")
     return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def _predicting_hidden_states(
+    causal_lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, rows: Tensor, positions: Tensor, packed: bool
+) -> Tensor:
+    """[n, H] final hidden states at (row, position - 1) for each response token: the ones predicting it."""
+    if packed:
+        hidden, starts = _packed_last_hidden_state(causal_lm, input_ids, attention_mask)
+        return hidden[0, starts[rows] + positions - 1]
+    return _last_hidden_state(causal_lm, input_ids, attention_mask)[rows, positions - 1]
+
+
+def _packed_last_hidden_state(causal_lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """([1, L, H] hidden states of the B rows' real tokens packed into one row, [B] start of each row in it).
+
+    Without an attention mask, transformers (5.x masking_utils, sdpa and eager attention) reads sequence
+    boundaries from the position ids (a position that does not follow its predecessor starts a sequence)
+    and builds the block-diagonal causal mask from them."""
+    body = causal_lm.get_decoder()
+    valid = attention_mask.bool()
+    lengths = valid.sum(dim=1)
+    if bool((valid.cumsum(dim=1) != torch.arange(1, valid.shape[1] + 1, device=valid.device).clamp(max=lengths[:, None])).any()):
+        raise ValueError("packing needs each row's tokens at its start (right padding only)")
+    positions = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)[valid]
+    starts = lengths.cumsum(dim=0) - lengths
+    hidden = body(input_ids=input_ids[valid][None], position_ids=positions[None], attention_mask=None, use_cache=False)
+    return hidden.last_hidden_state, starts
 
 
 def _response_positions(response_index: Tensor, response_mask: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
