@@ -224,7 +224,21 @@ class LearnerConfig(Section):
     offload_optimizer: bool = False
     """DeepSpeed: keep optimizer states on the CPU (GPU runs)."""
     micro_batch_size: int = Field(8, ge=1)
-    """Sequences per forward/backward; gradients accumulate over the step (same update as one big batch)."""
+    """Sequences per forward/backward; gradients accumulate over the step (same update as one big batch).
+    With `micro_batching` bucketed or packed it sets the default token budget (`micro_batch_tokens`)."""
+    micro_batching: Literal["padded", "bucketed", "packed"] = "bucketed"
+    """How a step's sequences are split into micro-batches (the update is the same for all three):
+    `padded`: `micro_batch_size` consecutive rows each, padded to their longest row.
+    `bucketed`: rows sorted by length (prompt + completion), each micro-batch filled while its rows x its
+    longest row stay within `micro_batch_tokens`: rows of similar length together, little padding.
+    `packed`: the same sorted rows, each micro-batch's sequences concatenated into one row (per-sequence
+    position ids, block-diagonal causal mask) up to `micro_batch_tokens` real tokens: no padding, but the
+    attention runs over the packed row's whole length (measured slower than bucketed on the CPU).
+    docs/results/learner.md has the measurements."""
+    micro_batch_tokens: int | None = Field(None, ge=1)
+    """Token budget of a bucketed or packed micro-batch (padded: rows x longest row; packed: real tokens).
+    None: `micro_batch_size` x the step's longest sequence, the most a padded micro-batch can hold, so
+    peak memory is no higher than `padded`'s. A row longer than the budget gets a micro-batch of its own."""
     mixed_precision: Literal["no", "bf16"] = "bf16"
     """Run forward/backward under bf16 autocast with fp32 master weights (2-3x faster on CPUs with AMX and on GPUs)."""
     fused_logprobs: bool = True
@@ -239,6 +253,11 @@ class LearnerConfig(Section):
     (2.2-2.6x the plain loss's time, measured at 64 x 128 tokens)."""
     updates_per_batch: int = Field(1, ge=1)
     """Optimizer steps taken on each rollout batch (mini-batches); >1 makes later steps off-policy."""
+    mmap_threshold_mib: float | None = Field(None, gt=0, le=32)
+    """Heap blocks of at least this many MiB get their own mmap, returned to the OS when freed (glibc
+    `mallopt(M_MMAP_THRESHOLD)`, process-wide, set when the learner starts; Linux/glibc only). Pinning the
+    threshold stops glibc from raising it after each large free, which otherwise moves activations of
+    every size onto a heap that fragments and grows step after step. None: glibc's dynamic threshold."""
     release_memory: bool = False
     """After each optimizer step, hand the heap memory the step freed back to the OS (glibc `malloc_trim`,
     Linux; a no-op elsewhere). Between steps the learner then holds its weights and optimizer state, not

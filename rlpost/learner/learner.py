@@ -24,7 +24,7 @@ from rlpost.blending.base import BlendPlan, BlendProbe
 from rlpost.config.schema import RLPostConfig
 from rlpost.learner import blend, export, state
 from rlpost.learner.accumulate import Accumulated, PolicyGradient, accumulate, padded_count, step_scale
-from rlpost.learner.batch import PolicyTargets, TrainBatch, micro_batches
+from rlpost.learner.batch import PolicyTargets, TrainBatch, split_micro_batches
 from rlpost.learner.distributed import (
     all_reduce_max,
     all_reduce_sum,
@@ -33,6 +33,7 @@ from rlpost.learner.distributed import (
     step_metrics,
     world_size,
 )
+from rlpost.learner.memory import set_mmap_threshold
 from rlpost.learner.opob import OpobGradient
 from rlpost.learner.optim import build_optimizer, build_scheduler
 from rlpost.learner.policy import compute_device, load_policy, load_reference, model_device
@@ -54,6 +55,8 @@ class Learner:
         self.objective = objective
         self.temperature = config.rollout.temperature or 1.0
         self.engine = None
+        if config.learner.mmap_threshold_mib is not None:
+            set_mmap_threshold(config.learner.mmap_threshold_mib)
         ds_config = None
         if config.learner.backend == "deepspeed":
             ensure_process_group()  # ZeRO-3 partitions the weights as they load
@@ -90,6 +93,11 @@ class Learner:
     def micro_batch_size(self) -> int:
         return self.config.learner.micro_batch_size
 
+    def micro_batch_rows(self, batch: TrainBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Positions within `rows` of each micro-batch over `rows` of `batch` (`learner.micro_batching`)."""
+        learner = self.config.learner
+        return split_micro_batches(batch, rows, learner.micro_batching, learner.micro_batch_size, learner.micro_batch_tokens)
+
     @property
     def zero_partitioned(self) -> bool:
         """Whether DeepSpeed partitions the optimizer state (ZeRO stage >= 1)."""
@@ -124,6 +132,7 @@ class Learner:
                 compute_entropy=compute_entropy,
                 top_p=rollout.top_p if sampling else 1.0,
                 top_k=rollout.top_k if sampling else -1,
+                packed=self.config.learner.micro_batching == "packed",
             )
 
     @torch.no_grad()
@@ -132,7 +141,7 @@ class Learner:
 
         Every rank runs as many forwards as the busiest one: the policy's forwards are collectives under ZeRO-3."""
         parts = torch.zeros_like(batch.response_mask)
-        chunks = micro_batches(batch.size, self.micro_batch_size)
+        chunks = self.micro_batch_rows(batch, torch.arange(batch.size))
         total = padded_count(len(chunks)) if world_size() > 1 else len(chunks)
         for index in range(total):
             rows = chunks[index] if index < len(chunks) else torch.zeros(1, dtype=torch.long)

@@ -4,6 +4,13 @@ glibc's malloc keeps freed memory for reuse instead of handing it back, and a le
 gigabytes of activations and gradients: between steps the process stays near its step peak though its
 live tensors are back to the weights and optimizer state (docs/results/README.md, "Learner memory").
 `malloc_trim(0)` (`learner.release_memory`) hands the free pages back to the rest of the machine.
+
+Growth of the peak from step to step has a second glibc cause: its dynamic mmap threshold. A block
+of 128 KiB or more starts out mmap-ed (unmapped when freed), but each free of such a block raises the
+threshold to its size (up to 32 MiB), so from then on activations of that size come from the heap,
+where blocks of ever-different sizes (micro-batch shapes change within and between steps) fragment it
+and the heap only grows. `set_mmap_threshold` (`learner.mmap_threshold_mib`) pins the threshold,
+which also turns the dynamic adjustment off: large tensors are mmap-ed and unmapped again on free.
 """
 
 from __future__ import annotations
@@ -30,6 +37,29 @@ def _malloc_trim() -> Callable[[int], int] | None:
     except OSError:
         return None
     return getattr(libc, "malloc_trim", None)
+
+
+M_MMAP_THRESHOLD = -3
+"""mallopt parameter number (glibc malloc.h)."""
+
+
+@functools.cache
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's `mallopt`, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return getattr(libc, "mallopt", None)
+
+
+def set_mmap_threshold(mib: float) -> bool:
+    """Serve every heap allocation of at least `mib` MiB with its own mmap, unmapped on free (process-wide);
+    False where glibc's `mallopt` is missing or refused it."""
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(M_MMAP_THRESHOLD, int(mib * 2**20)) == 1
 
 
 def release_free_heap() -> bool:
