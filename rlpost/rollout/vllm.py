@@ -5,8 +5,15 @@ fp32 by the test suite and bf16 by benchmark runs, `enforce_eager` on; the multi
 was checked by hand (generation, weight update and restore). Untested, written from the vLLM API
 only: GPU vLLM, tensor parallelism > 1, and weight updates in compiled mode (`enforce_eager: false`).
 
+Weights are loaded inside vLLM's workers, tensor by tensor, never through a file
+(`rlpost.rollout.vllm_weights`, the worker extension): `receive_broadcast` has the workers receive
+learner rank 0's broadcast themselves (`cluster.sync_transport: nccl`; gloo tested here, NCCL
+untested), `update_weights` passes complete weight sets in in-memory safetensors buckets (the
+object-store transport and tests; tested here), `update_weights_from_ipc` opens CUDA IPC handles of a
+colocated learner rank's tensors (CUDA only, refused on the CPU; untested).
+
 vLLM is imported inside `VLLMEngine.__init__`, after its environment variables are set, so this
-module imports without vLLM installed (the worker extension below never runs without it).
+module imports without vLLM installed (the worker extension never runs without it).
 """
 
 from __future__ import annotations
@@ -19,13 +26,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from rlpost.config.schema import RolloutConfig, VllmConfig
 from rlpost.rollout.base import RolloutEngine, SamplingSettings
@@ -42,80 +47,10 @@ from rlpost.types import Group, Prompt
 
 log = logging.getLogger(__name__)
 
-_RELOAD_RPC = "rlpost_reload_weights"
-_EXTENSION = f"{__name__}.WeightReloadExtension"
+_EXTENSION = "rlpost.rollout.vllm_weights.WeightReloadExtension"
 
-
-class WeightReloadExtension:
-    """Mixed into vLLM's worker class (`LLM(worker_extension_cls=...)`); runs inside the worker.
-
-    Methods are prefixed `rlpost_` so they cannot clash with the worker's own attributes.
-    """
-
-    def rlpost_reload_weights(self, path: str) -> int:
-        """Reload every weight from a safetensors file with Hugging Face names; returns the tensor count.
-
-        `reload_weights` restores each layer's checkpoint layout, loads, and re-runs the layer's
-        post-load processing (on the CPU: repacking linear weights into oneDNN handles, the only
-        path that changes what the model computes there). An iterator is passed rather than
-        `weights_path`, which would also repoint the engine's model config at our temporary file.
-        """
-        names: list[str] = []
-
-        def weights() -> Iterator[tuple[str, torch.Tensor]]:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    names.append(name)
-                    yield name, f.get_tensor(name)
-
-        with _quiet_expected_reload_warnings():
-            self.reload_weights(weights_iterator=weights(), is_checkpoint_format=True)  # type: ignore[attr-defined]
-        _repack_tied_lm_head(self)
-        return len(names)
-
-
-class _ExpectedReloadWarnings(logging.Filter):
-    """Drops vLLM's "Failed to load weights" for layers that have no checkpoint tensors by design.
-
-    The rotary embedding holds only computed buffers, and a tied LM head shares the embedding's
-    tensor (it is repacked by `_repack_tied_lm_head`); vLLM warns about both on every reload.
-    """
-
-    _BENIGN = ("RotaryEmbedding: Failed to load weights", "ParallelLMHead: Failed to load weights")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(record.getMessage().startswith(text) for text in self._BENIGN)
-
-
-@contextmanager
-def _quiet_expected_reload_warnings() -> Iterator[None]:
-    logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-    quiet = _ExpectedReloadWarnings()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
-
-
-def _repack_tied_lm_head(worker: Any) -> None:
-    """CPU only: rebuild the tied LM head's packed weight after a reload.
-
-    vLLM-CPU pre-packs the LM head's GEMM weight when the model loads. A tied head shares its
-    parameter with the embedding, so the reload refreshes the parameter but no layer owns the
-    head's packing: it would keep producing logits from the old weights. GPU vLLM multiplies by
-    the parameter directly and needs nothing (untested here).
-    """
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return
-    if not getattr(worker.model_config.hf_text_config, "tie_word_embeddings", False):
-        return
-    lm_head = getattr(worker.model_runner.get_model(), "lm_head", None)
-    quant_method = getattr(lm_head, "quant_method", None)
-    if quant_method is not None:
-        quant_method.process_weights_after_loading(lm_head)
+RPC_BUCKET_BYTES = 256 * 2**20
+"""`update_weights` hands the worker the tensors in safetensors buckets of at most this size (one RPC each)."""
 
 
 def _sampled_sequence(out: Any) -> SampledSequence:
@@ -156,22 +91,11 @@ def _checkpoint_names(model_path: str) -> set[str] | None:
     return names
 
 
-# A weights file lives for one reload. In shared memory it never waits on disk writeback: for the
-# 135M model, 0.3-0.7 s to write here, against 0.2-12 s to a disk-backed /tmp.
+# Versions before the in-worker update staged each update in a weights file here; folders left by
+# processes killed mid-update (named after their pid) still hold RAM in shared memory, and are
+# deleted when an engine starts. Nothing writes them any more.
 SHARED_MEMORY = Path("/dev/shm")
 STAGING_PREFIX = "rlpost-vllm-weights-"
-
-
-def staging_root(size: int) -> Path | None:
-    """Shared memory if it has room for `size` bytes twice over, else None: the default temporary folder.
-
-    Containers often mount a small /dev/shm (Docker: 64 MiB), where the file would not fit.
-    """
-    try:
-        free = shutil.disk_usage(SHARED_MEMORY).free
-    except OSError:
-        return None
-    return SHARED_MEMORY if free >= 2 * size else None
 
 
 def remove_orphaned_staging(root: Path) -> None:
@@ -212,6 +136,20 @@ def engine_kwargs(config: RolloutConfig, on_cpu: bool, sleep_mode: bool = False)
     elif not vc.kv_cache_space_gib.is_integer():
         kwargs["kv_cache_memory_bytes"] = int(vc.kv_cache_space_gib * 2**30)
     return kwargs
+
+
+def _buckets(tensors: dict[str, torch.Tensor], limit: int) -> Iterator[dict[str, torch.Tensor]]:
+    """`tensors` in order, grouped into dicts of at most `limit` bytes (a bigger tensor goes alone)."""
+    bucket: dict[str, torch.Tensor] = {}
+    size = 0
+    for name, tensor in tensors.items():
+        if bucket and size + tensor.nbytes > limit:
+            yield bucket
+            bucket, size = {}, 0
+        bucket[name] = tensor
+        size += tensor.nbytes
+    if bucket:
+        yield bucket
 
 
 class VLLMEngine(RolloutEngine):
@@ -319,28 +257,100 @@ class VLLMEngine(RolloutEngine):
 
     # ------------------------------------------------------------------ weights
 
+    @property
+    def weight_group_ranks(self) -> int:
+        """Ranks this engine takes in a broadcast weight group: each tensor-parallel worker receives."""
+        return self.config.vllm.tensor_parallel_size
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        """Write the weights to a safetensors file and have the worker reload from it.
+        """Load a complete set of weights (the object-store transport, tests): the tensors go to the
+        workers in safetensors buckets of at most `RPC_BUCKET_BYTES`, serialised in memory and
+        passed in the RPC, and each worker loads them tensor by tensor (`rlpost.rollout.vllm_weights`).
+        No file is written.
 
         Needs the complete set of weights: vLLM fuses projections (q/k/v, gate/up) and a layer
-        reloaded from part of its tensors would be left half-loaded. The file lives in a private
-        temporary folder on this host (`staging_root`), so the worker must share the host's file
-        system (true for the in-process and multiprocess engines, and for tensor-parallel workers on
-        one node).
+        reloaded from part of its tensors would be left half-loaded (names are checked first).
         """
+        from safetensors.torch import save
+
         started = time.perf_counter()
         tensors = self._prepare_tensors(named_tensors)
-        size = sum(tensor.nbytes for tensor in tensors.values())
-        prefix = f"{STAGING_PREFIX}{os.getpid()}-"
-        with tempfile.TemporaryDirectory(prefix=prefix, dir=staging_root(size)) as folder:
-            path = Path(folder) / "weights.safetensors"
-            save_file(tensors, str(path))
-            del tensors
-            self.llm.collective_rpc(_RELOAD_RPC, args=(str(path),))
+        self.llm.collective_rpc("rlpost_begin_update")
+        try:
+            for bucket in _buckets(tensors, RPC_BUCKET_BYTES):
+                data = save(bucket)
+                del bucket
+                self.llm.collective_rpc("rlpost_load_safetensors", args=(data,))
+        finally:
+            self.llm.collective_rpc("rlpost_finish_update")
+        self._updated(version, started)
+
+    def _updated(self, version: int, started: float) -> None:
         # Cached prefix KV blocks were computed by the old weights.
         self.llm.reset_prefix_cache()
         self.policy_version = version
         log.info("vLLM weights updated to version %d in %.2f s", version, time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ weights received inside the workers
+
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str,
+                          timeout: float, tag: str, bind_host: str | None = None) -> list[int]:
+        """Have every worker join learner rank 0's weight group (`rlpost.runtime.sync_broadcast`), worker
+        r as rank `first_rank + r`; returns their ranks. `timeout` bounds the join and each later receive."""
+        if backend == "gloo" and not self._on_cpu:
+            raise ValueError("vLLM on GPUs receives weights over NCCL (backend pynccl or nccl), not gloo")
+        if backend != "gloo" and self._on_cpu:
+            raise ValueError(f"vLLM on the CPU receives weights over gloo, not {backend}")
+        self._sync_timeout = timeout
+        args = (host, port, first_rank, world_size, backend, timeout, tag, bind_host)
+        return self.llm.collective_rpc("rlpost_join_weight_group", timeout=timeout, args=args)
+
+    def leave_weight_group(self) -> None:
+        if self.llm is not None:
+            self.llm.collective_rpc("rlpost_leave_weight_group")
+
+    def receive_broadcast(self, meta: list[Any], version: int, checksum: bool = False) -> dict[str, float]:
+        """Receive one broadcast (tensors described by `meta`, `TensorMeta`s in send order) inside the
+        workers, each loaded as it arrives; nothing passes through this process or a file.
+
+        Names are checked against the checkpoint before anything is received. Each tensor's receive
+        waits at most the group's timeout (gloo; on CUDA the runtime's sync deadline bounds it);
+        a failure raises `RuntimeError` naming this engine. Returns the workers' counts (and the sum
+        of |w| of what they received with `checksum`).
+        """
+        started = time.perf_counter()
+        specs = self._broadcast_specs(meta)
+        timeout = getattr(self, "_sync_timeout", None)
+        try:
+            results = self.llm.collective_rpc("rlpost_receive_broadcast", args=(specs, checksum), timeout=timeout)
+        except Exception as exc:
+            raise RuntimeError(f"{self.describe()} did not receive weight version {version}: {exc}") from exc
+        self._updated(version, started)
+        return dict(results[0])
+
+    def _broadcast_specs(self, meta: list[Any]) -> list[tuple[str, str, list[int], str | None]]:
+        """(wire name, dtype, shape, name to load as or None) per broadcast tensor, names checked."""
+        load_as = dict(hf_named_weights(((m.name, m) for m in meta), self.tied_embeddings))
+        names = {item.name: name for name, item in load_as.items()}
+        self._check_names(set(load_as))
+        return [(m.name, str(m.dtype), [int(d) for d in m.shape], names.get(m.name)) for m in meta]
+
+    def update_weights_from_ipc(self, payload: list[dict[str, Any]], version: int) -> int:
+        """Colocated engines on CUDA: load tensors a learner rank holds on this engine's GPU, from their
+        CUDA IPC handles (`rlpost.rollout.vllm_weights.ipc_payload`), without a copy through the host.
+
+        Refused on the CPU: CUDA IPC needs CUDA, and a CPU engine has no device memory to share
+        (`update_weights` is the CPU path). Not run on a GPU yet.
+        """
+        if self._on_cpu:
+            raise RuntimeError("CUDA IPC weight loading needs vLLM on a GPU; on the CPU use update_weights")
+        started = time.perf_counter()
+        loaded = self.llm.collective_rpc("rlpost_load_ipc", args=(payload,))
+        self._updated(version, started)
+        return int(loaded[0])
+
+    def describe(self) -> str:
+        return f"vLLM engine (pid {os.getpid()}, {self.model_path})"
 
     def _prepare_tensors(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """CPU, contiguous, rollout-dtype tensors with HF names, checked against the checkpoint's names."""
@@ -355,14 +365,19 @@ class VLLMEngine(RolloutEngine):
                 out = out.clone()
             storages.add(out.data_ptr())
             tensors[name] = out
-        if self._expected_names is not None:
-            unknown = sorted(set(tensors) - self._expected_names)
-            missing = sorted(self._expected_names - set(tensors))
-            if unknown:
-                raise KeyError(f"update_weights: not weights of {self.model_path}: {unknown[:5]}")
-            if missing:
-                raise ValueError(f"update_weights: the vLLM engine needs every weight; missing {missing[:5]}")
+        self._check_names(set(tensors))
         return tensors
+
+    def _check_names(self, names: set[str]) -> None:
+        """Refuse names the checkpoint does not have, or an incomplete set (a half-loaded layer)."""
+        if self._expected_names is None:
+            return
+        unknown = sorted(names - self._expected_names)
+        missing = sorted(self._expected_names - names)
+        if unknown:
+            raise KeyError(f"update_weights: not weights of {self.model_path}: {unknown[:5]}")
+        if missing:
+            raise ValueError(f"update_weights: the vLLM engine needs every weight; missing {missing[:5]}")
 
     def close(self) -> None:
         """Shut the engine core down."""

@@ -79,8 +79,19 @@ class RolloutWorker:
         self.asleep = False
 
     def info(self) -> dict[str, Any]:
+        """`weight_ranks`: ranks the engine takes in the broadcast weight group (its workers when they
+        receive themselves, one per tensor-parallel rank; 1 when this actor receives)."""
         return {**_node(), "index": self.index, "version": self.version, "startup_seconds": self.startup_seconds,
-                "engine": type(self.engine).__name__}
+                "engine": type(self.engine).__name__, "weight_ranks": self._receivers()}
+
+    def _receives_in_engine(self) -> bool:
+        return callable(getattr(self.engine, "join_weight_group", None))
+
+    def _receivers(self) -> int:
+        return int(getattr(self.engine, "weight_group_ranks", 1)) if self._receives_in_engine() else 1
+
+    def describe(self) -> str:
+        return f"rollout worker {self.index} ({type(self.engine).__name__}, pid {os.getpid()})"
 
     def generate(self, unit) -> dict[str, Any]:
         from rlpost.runtime.work import generate_unit
@@ -101,26 +112,45 @@ class RolloutWorker:
 
     # ---- broadcast transport
     def join_broadcast(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout: float, tag: str) -> None:
+        """Join the weight group as ranks `rank`.. (`info()["weight_ranks"]` of them): inside the
+        engine's workers when the engine receives itself (vLLM), else in this actor."""
         from rlpost.learner.distributed import bind_gloo_to
         from rlpost.runtime.sync_broadcast import BroadcastGroup
 
-        if backend == "gloo":
-            bind_gloo_to(resolve_bind_host(self.config.cluster.bind_host))
+        bind_host = resolve_bind_host(self.config.cluster.bind_host)
         self.leave_broadcast()
+        if self._receives_in_engine():
+            self.engine.join_weight_group(host, port, rank, world_size, backend, timeout, tag, bind_host=bind_host)
+            return
+        if backend == "gloo":
+            bind_gloo_to(bind_host)
         self.broadcast = BroadcastGroup(host, port, rank, world_size, backend, timeout, tag)
 
     def leave_broadcast(self) -> None:
         if self.broadcast is not None:
             self.broadcast.close()
             self.broadcast = None
+        if self._receives_in_engine():
+            self.engine.leave_weight_group()
 
     def receive_broadcast(self, meta, version: int) -> dict[str, float]:
-        if self.broadcast is None:
-            raise RuntimeError(f"rollout worker {self.index} has no broadcast group")
+        """Receive one broadcast of learner rank 0; the error of a failed or late receive names this worker
+        (each tensor's receive is bounded by `cluster.sync_timeout_seconds`)."""
+        from rlpost.runtime.transport import WeightSyncError
+
         started = time.perf_counter()
-        self.engine.update_weights(self.broadcast.receive(meta), version=version)
+        try:
+            if self._receives_in_engine():
+                stats = self.engine.receive_broadcast(meta, version=version)
+            elif self.broadcast is None:
+                raise RuntimeError("no broadcast group joined")
+            else:
+                self.engine.update_weights(self.broadcast.receive(meta), version=version)
+                stats = {}
+        except Exception as exc:
+            raise WeightSyncError(f"weight sync of version {version} to {self.describe()} failed: {exc}") from exc
         self.version = version
-        return {"version": version, "seconds": time.perf_counter() - started}
+        return {**stats, "version": version, "seconds": time.perf_counter() - started}
 
     # ---- colocated placement on GPUs (vLLM sleep mode; not tested on this machine)
     def release_memory(self) -> bool:

@@ -1,11 +1,19 @@
 """`cluster.sync_transport: nccl`: learner rank 0 broadcasts every tensor to all engines at once.
 
-A torch.distributed process group of learner rank 0 (root) and every engine, separate from the
-learner's own group, built directly on a TCPStore so that it coexists with the learner's default
-group and the engines' own groups; rebuilt when a worker restarts. NCCL on GPUs, gloo on the CPU
-(tested). Its store listens on `cluster.bind_host` only (the root serves it on a socket bound
-there: `rlpost.learner.distributed.rendezvous_store`). A broadcast runs when every live engine is
-idle and no optimizer step runs; it has a deadline and fails naming the engine.
+A process group of learner rank 0 (root) and every engine, separate from the learner's own group,
+built directly on a TCPStore so that it coexists with the learner's default group and the engines'
+own groups; rebuilt when a worker restarts. Its store listens on `cluster.bind_host` only (the root
+serves it on a socket bound there: `rlpost.learner.distributed.rendezvous_store`). A broadcast runs
+when every live engine is idle and no optimizer step runs; it has a deadline and fails naming the
+engine.
+
+Who receives: an engine with `join_weight_group` / `receive_broadcast` (vLLM) receives inside its
+own workers, one group rank per tensor-parallel worker, and loads each tensor as it arrives
+(`rlpost.rollout.vllm_weights`); any other engine (HF) receives in the rollout actor and gets an
+iterator for `update_weights`. The group's backend (`group_backend`): gloo on the CPU (tested,
+in-worker included); on CUDA vLLM's `PyNcclCommunicator` over a `StatelessProcessGroup` when the
+engines are vLLM (`pynccl`: what vLLM's workers are built to host), torch's `ProcessGroupNCCL`
+otherwise (`nccl`). Neither CUDA backend has run on this machine.
 """
 
 from __future__ import annotations
@@ -18,11 +26,31 @@ from typing import Any
 
 import torch
 
-from rlpost.runtime.transport import TensorMeta, WeightSync, WeightSyncError, wire_tensor
+from rlpost.runtime.transport import TensorMeta, WeightSync, WeightSyncError
+
+GROUP_BACKENDS = ("gloo", "nccl", "pynccl")
 
 
 def _dtype_of(name: str) -> torch.dtype:
     return getattr(torch, name.removeprefix("torch."))
+
+
+def group_backend(device: str, engine: str) -> str:
+    """The weight group's backend: gloo on the CPU; on CUDA vLLM's PyNccl when the engines are vLLM
+    (their workers receive), torch's NCCL otherwise (the rollout actors receive)."""
+    if device != "cuda":
+        return "gloo"
+    return "pynccl" if engine == "vllm" else "nccl"
+
+
+def group_ranks(widths: list[int]) -> tuple[list[int], int]:
+    """First group rank of each engine (rank 0 is learner rank 0) and the group's size, when engine
+    i takes `widths[i]` ranks (its tensor-parallel workers when they receive themselves, else 1)."""
+    firsts, next_rank = [], 1
+    for width in widths:
+        firsts.append(next_rank)
+        next_rank += width
+    return firsts, next_rank
 
 
 class BroadcastGroup:
@@ -39,7 +67,9 @@ class BroadcastGroup:
         self.world_size = world_size
         self.backend = backend
         self.timeout = datetime.timedelta(seconds=timeout_seconds)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        if backend not in GROUP_BACKENDS:
+            raise ValueError(f"unknown broadcast backend {backend!r}; one of {GROUP_BACKENDS}")
+        self.device = torch.device("cpu") if backend == "gloo" else torch.device("cuda", torch.cuda.current_device())
         store = rendezvous_store(host, port, rank, world_size, listener, self.timeout)
         prefixed = dist.PrefixStore(f"rlpost-weights-{tag}", store)
         if backend == "gloo":
@@ -48,13 +78,21 @@ class BroadcastGroup:
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = self.timeout
             self.group = dist.ProcessGroupNCCL(prefixed, rank, world_size, options)
-        else:
-            raise ValueError(f"unknown broadcast backend {backend!r}")
+        else:  # pynccl, GPU only: not tested on this machine
+            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+            from vllm.distributed.utils import StatelessProcessGroup
+
+            stateless = StatelessProcessGroup(rank=rank, world_size=world_size, store=prefixed)
+            self.group = PyNcclCommunicator(stateless, device=self.device)
         self._store = store  # the master's store must outlive the group
 
     def _broadcast(self, tensor: torch.Tensor) -> None:
         import torch.distributed as dist
 
+        if self.backend == "pynccl":
+            # No timeout of its own: a stuck broadcast is bounded by the runtime's sync deadline.
+            self.group.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
+            return
         options = dist.BroadcastOptions()
         options.rootRank = 0
         options.timeout = self.timeout
@@ -68,10 +106,15 @@ class BroadcastGroup:
         """Root: broadcast every tensor in order; returns (tensors, bytes)."""
         count = nbytes = 0
         for _, tensor in named_tensors:
-            out = wire_tensor(tensor, dtype).to(self.device)
+            out = tensor.detach()
+            if dtype is not None and out.is_floating_point() and out.dtype != dtype:
+                out = out.to(dtype)
+            out = out.to(self.device).contiguous()  # a CUDA tensor stays on its GPU (no host round trip)
             self._broadcast(out)
             count += 1
             nbytes += out.numel() * out.element_size()
+        if self.device.type == "cuda":
+            torch.cuda.current_stream().synchronize()
         return count, nbytes
 
     def receive(self, meta: list[TensorMeta]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -83,9 +126,10 @@ class BroadcastGroup:
 
     def close(self) -> None:
         group, self.group = getattr(self, "group", None), None
-        if group is not None and hasattr(group, "shutdown"):
+        stop = getattr(group, "shutdown", None) or getattr(group, "destroy", None)
+        if stop is not None:
             try:
-                group.shutdown()
+                stop()
             except RuntimeError:
                 pass
 
@@ -143,13 +187,13 @@ class BroadcastSync(WeightSync):
         if members == self.members:
             return
         self.epoch += 1
-        backend = "nccl" if executor.device == "cuda" else "gloo"
+        backend = group_backend(executor.device, executor.config.rollout.engine)
         host, port = ray.get(executor.ranks[0].broadcast_rendezvous.remote())
-        world = len(alive) + 1
+        firsts, world = group_ranks([int(slot.info.get("weight_ranks", 1)) for slot in alive])
         timeout = executor.cluster.sync_timeout_seconds
         tag = str(self.epoch)
         refs = [rank.join_broadcast.remote(host, port, world, backend, timeout, tag) for rank in executor.ranks]
-        refs += [slot.actor.join_broadcast.remote(host, port, i + 1, world, backend, timeout, tag)
-                 for i, slot in enumerate(alive)]
+        refs += [slot.actor.join_broadcast.remote(host, port, first, world, backend, timeout, tag)
+                 for first, slot in zip(firsts, alive, strict=True)]
         executor.await_sync(refs, alive, -1)
         self.members = members

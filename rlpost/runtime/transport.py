@@ -13,9 +13,11 @@ iterator for its `update_weights(named_tensors, version)`.
 - broadcast (`cluster.sync_transport: nccl`): a torch.distributed process group of learner
   rank 0 (root) and every engine, separate from the learner's own group, built directly on a
   TCPStore so that it coexists with the learner's default group and the engines' own groups.
-  Rank 0 broadcasts each tensor; engines receive into fresh tensors. NCCL on GPUs (untested on
-  this machine), gloo on the CPU (tested). Its store listens on `cluster.bind_host` only (the root
-  serves it on a socket bound there: `rlpost.learner.distributed.rendezvous_store`).
+  Rank 0 broadcasts each tensor; engines receive into fresh tensors: a vLLM engine inside its own
+  workers, which load each tensor as it arrives (`rlpost.rollout.vllm_weights`), other engines in
+  the rollout actor. NCCL on GPUs (vLLM's PyNccl for vLLM engines; untested on this machine), gloo
+  on the CPU (tested). Its store listens on `cluster.bind_host` only (the root serves it on a
+  socket bound there: `rlpost.learner.distributed.rendezvous_store`).
 
 Every receive has a deadline: a stuck sync raises `WeightSyncError` (the runtime names the engine).
 """

@@ -1,13 +1,19 @@
 """The Ray runtime's weight sync on the tiny chat model (real HF engines, real DeepSpeed ranks):
-ZeRO-3 learner ranks over both transports, and a LoRA run, which syncs the merged weights. The
-runs share one private Ray instance, started as the runtime starts it.
+ZeRO-3 learner ranks over both transports, and a LoRA run, which syncs the merged weights; and, on
+the real SmolLM2, a vLLM engine whose worker receives the broadcast itself. The runs share one
+private Ray instance, started as the runtime starts it.
 
-The engine records every sync (names, shapes, checksum); the learner ranks report the checksum of
-their own export after each step; a probe generation at each train start shows the engine's
-samples change once new weights arrive.
+The engine records every sync (names, shapes, checksum; the vLLM worker computes its checksum from
+the tensors it received); the learner ranks report the checksum of their own export after each
+step; a probe generation at each train start shows the engine's samples change once new weights
+arrive.
 """
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +116,55 @@ def test_lora_run_syncs_the_merged_weights(ray_session, tiny_chat_model_path, tm
     for sync in syncs:
         for name, (_, checksum) in initial.items():
             assert (sync["checksums"][name] != checksum) == (name in adapted), name
+
+
+class RecordingVLLMFactory:
+    """Engine factory: the vLLM engine, whose every broadcast receive (inside its worker) asks the worker
+    for the checksum of what it received and appends it to `folder/worker<i>.jsonl`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __call__(self, rollout_config, model_path: str, seed: int, worker_index: int):
+        from rlpost.rollout import build_engine
+
+        engine = build_engine(rollout_config, model_path, seed=seed)
+        receive, log_file = engine.receive_broadcast, self.folder / f"worker{worker_index}.jsonl"
+
+        def recording(meta, version: int, checksum: bool = False) -> dict:
+            stats = receive(meta, version, checksum=True)
+            with log_file.open("a") as sink:
+                sink.write(json.dumps({"version": version, **stats}) + "\n")
+            return stats
+
+        engine.receive_broadcast = recording
+        return engine
+
+    def syncs(self, worker_index: int = 0) -> list[dict]:
+        log_file = self.folder / f"worker{worker_index}.jsonl"
+        return [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
+
+
+# Ray ships the factory to the rollout actor by value: this module is not importable there as a package.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.mark.vllm
+def test_vllm_worker_receives_the_broadcast_itself(ray_session, model_path, tmp_path) -> None:
+    """`sync_transport: nccl` (gloo here) with a vLLM engine: the engine's worker joins learner rank 0's
+    group and receives every tensor itself (no file, nothing through the actor): exactly the learner's
+    weights each version, and generation changes."""
+    pytest.importorskip("vllm")
+    config = runtime_config(model_path, tmp_path, "rollout.engine=vllm", f"train.steps={STEPS}", "optimizer.lr=1e-3",
+                            "cluster.sync_transport=nccl")
+    probe, engines = Probe(), RecordingVLLMFactory(tmp_path)
+    TrainingRun(config, engine_factory=engines, hooks=probe).fit()
+    syncs = engines.syncs()
+    assert [sync["version"] for sync in syncs] == list(range(1, STEPS)), "every version went through the worker"
+    for sync in syncs:
+        assert sync["checksum"] == probe.learner_checksums[sync["version"]][0], "exactly the learner's weights"
+        assert 0 < sync["loaded"] <= sync["received"]
+    assert [version for version, _, _ in probe.samples] == list(range(STEPS))
+    (_, tokens0, logp0), (_, tokens1, logp1) = probe.samples[:2]
+    gap = max(abs(a - b) for a, b in zip(logp0, logp1, strict=False))
+    assert tokens0 != tokens1 or gap > 1e-3, "version 1 must generate differently from version 0"

