@@ -63,11 +63,25 @@ def sampled_batch(engine, prompts, tokenizer, sampling: SamplingSettings):
     return response_tensors(groups, tokenizer.pad_token_id)
 
 
+@pytest.fixture(scope="module")
+def fp32_batches(hf_engine, prompts, tokenizer):
+    """The fp32 engine's batch of each sampling setting, generated once: the fused and the plain learner
+    path score the same rollouts (generation is most of these tests' time)."""
+    batches: dict[SamplingSettings, dict] = {}
+
+    def batch_of(sampling: SamplingSettings) -> dict:
+        if sampling not in batches:
+            batches[sampling] = sampled_batch(hf_engine, prompts, tokenizer, sampling)
+        return batches[sampling]
+
+    return batch_of
+
+
 @pytest.mark.parametrize("sampling", [TEMPERATURE, NUCLEUS, TRUNCATED], ids=["t0.7", "t0.7-top_p", "t0.7-top_p-top_k"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
-def test_hf_engine_fp32_on_policy_ratios_are_one(hf_engine, prompts, tokenizer, sampling, fused) -> None:
+def test_hf_engine_fp32_on_policy_ratios_are_one(hf_engine, fp32_batches, sampling, fused) -> None:
     """fp32 engine and learner: ratios 1 to fp32 noise (padding and KV cache change the sums)."""
-    batch = sampled_batch(hf_engine, prompts, tokenizer, sampling)
+    batch = fp32_batches(sampling)
     logp = learner_logprobs(hf_engine.model, batch, sampling, fused=fused)
     assert token_log_ratios(logp, batch).abs().max() < 1e-4
     ess_ratio, lr_scale = vcpo_step(logp, batch)
