@@ -28,43 +28,31 @@ RESET_SLACK_GIB = 1 / 16
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, or None where there is none (macOS, musl)."""
+def _glibc_function(name: str) -> Callable[..., int] | None:
+    """glibc's function `name` (`malloc_trim`, `mallopt`), or None where there is none (macOS, musl)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return None
-    return getattr(libc, "malloc_trim", None)
+    return getattr(libc, name, None)
 
 
 M_MMAP_THRESHOLD = -3
 """mallopt parameter number (glibc malloc.h)."""
 
 
-@functools.cache
-def _mallopt() -> Callable[[int, int], int] | None:
-    """glibc's `mallopt`, or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return getattr(libc, "mallopt", None)
-
-
 def set_mmap_threshold(mib: float) -> bool:
     """Serve every heap allocation of at least `mib` MiB with its own mmap, unmapped on free (process-wide);
     False where glibc's `mallopt` is missing or refused it."""
-    mallopt = _mallopt()
+    mallopt = _glibc_function("mallopt")
     return mallopt is not None and mallopt(M_MMAP_THRESHOLD, int(mib * 2**20)) == 1
 
 
 def release_free_heap() -> bool:
     """Give the pages malloc holds free back to the OS; False where that is not possible."""
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)

@@ -70,14 +70,18 @@ class GRPO(Objective):
 
     # ---- Objective interface --------------------------------------------------------------
 
-    def compute_advantages(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, Metrics]:
-        advantages = group_advantages(
+    def group_relative_advantages(self, inputs: AdvantageInputs) -> torch.Tensor:
+        """[N] (r - mean_g), divided by (std_g + eps) when the method normalises by the std."""
+        return group_advantages(
             inputs.rewards,
             inputs.group_index,
             normalize_by_std=self.normalize_by_std,
             std_unbiased=self.config.std_unbiased,
             eps=self.config.adv_eps,
         )
+
+    def compute_advantages(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, Metrics]:
+        advantages = self.group_relative_advantages(inputs)
         return advantages, self.advantage_metrics(inputs, advantages)
 
     def advantage_metrics(self, inputs: AdvantageInputs, advantages: torch.Tensor) -> Metrics:

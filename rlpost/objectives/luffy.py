@@ -45,7 +45,6 @@ from rlpost.objectives.core import (
     PolicyLossTerms,
     aggregate_loss,
     batch_metrics,
-    group_advantages,
     group_metrics,
     policy_metrics,
     tensor_stats,
@@ -151,13 +150,7 @@ class LUFFY(GRPO):
         return GuidanceMixer(self.demonstrations, prompts_per_step, self.config.luffy.demo_reward)
 
     def compute_advantages(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, Metrics]:
-        advantages = group_advantages(
-            inputs.rewards,
-            inputs.group_index,
-            normalize_by_std=self.normalize_by_std,
-            std_unbiased=self.config.std_unbiased,
-            eps=self.config.adv_eps,
-        )
+        advantages = self.group_relative_advantages(inputs)
         demo = demonstration_rows(inputs)
         on = ~demo
         metrics = {
