@@ -191,6 +191,7 @@ def check_combinations(config: RLPostConfig) -> None:
             "(a blended step's SFT and validation batches are not sharded over learner ranks)"
         )
     check_blending_filter(config)
+    check_ipc_transport(config)
     dapo = config.objective.dapo
     if config.objective.name == "dapo" and dapo.carry_surplus and cluster.max_staleness == 0:
         raise ConfigError(
@@ -198,6 +199,29 @@ def check_combinations(config: RLPostConfig) -> None:
             "and cluster.max_staleness: 0 drops every such group; set cluster.max_staleness >= 1 (with its "
             "importance-sampling correction) or objective.dapo.carry_surplus: false"
         )
+
+
+def check_ipc_transport(config: RLPostConfig) -> None:
+    """`cluster.sync_transport: ipc`: a learner rank shares its GPU tensors with the vLLM engine on the
+    same GPU, so it needs Ray actors, colocated placement and vLLM workers that open CUDA IPC handles.
+    (The device is checked when the runtime knows it: `rlpost.runtime.placement.check_ipc_settings`.)"""
+    cluster = config.cluster
+    if cluster.sync_transport != "ipc":
+        return
+    if cluster.runtime != "ray":
+        raise ConfigError("cluster.sync_transport: ipc needs cluster.runtime: ray: it moves weights from learner "
+                          "actors to rollout actors, and runtime: local has neither")
+    if cluster.placement != "colocated":
+        raise ConfigError(
+            f"cluster.sync_transport: ipc needs cluster.placement: colocated (not {cluster.placement}): an engine "
+            "opens the tensors of the learner rank on its own GPU; use sync_transport: nccl with placement: split"
+        )
+    if config.rollout.engine != "vllm":
+        raise ConfigError(f"cluster.sync_transport: ipc needs rollout.engine: vllm (not {config.rollout.engine}): "
+                          "the vLLM workers open the CUDA IPC handles; use sync_transport: object_store")
+    if cluster.device == "cpu":
+        raise ConfigError("cluster.sync_transport: ipc needs GPUs (cluster.device: cuda or auto), not "
+                          "cluster.device: cpu: CUDA IPC shares GPU memory; use sync_transport: object_store")
 
 
 def check_blending_filter(config: RLPostConfig) -> None:

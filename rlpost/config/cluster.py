@@ -89,13 +89,18 @@ class ClusterConfig(Section):
     bottom (null: 1 / is_cap)."""
 
     # ---- weight sync -----------------------------------------------------------------------
-    sync_transport: Literal["object_store", "nccl"] = "object_store"
+    sync_transport: Literal["object_store", "nccl", "ipc"] = "object_store"
     """`object_store`: learner rank 0 puts the weights in Ray's object store, engines fetch them (works everywhere).
-    `nccl`: a torch.distributed broadcast group of learner rank 0 and every engine (NCCL on GPUs, gloo on the CPU)."""
+    `nccl`: a torch.distributed broadcast group of learner rank 0 and every engine (NCCL on GPUs, gloo on the CPU).
+    `ipc`: colocated vLLM engines on CUDA (`placement: colocated`, `rollout.engine: vllm`, `runtime: ray`): each
+    learner rank shares its tensors with the engine on its GPU through CUDA IPC handles (no copy through the object
+    store or the engine's host memory), in buckets of `sync_bucket_mb` (untested on a GPU)."""
     sync_timeout_seconds: float = Field(600.0, gt=0)
     """A weight sync taking longer fails the run with an error naming the engine (never hangs)."""
     sync_bucket_mb: int = Field(256, ge=1)
-    """Object-store transport: weights travel in objects of at most this many MiB (ZeRO-3 gathers layer by layer)."""
+    """Object-store transport: weights travel in objects of at most this many MiB (ZeRO-3 gathers layer by layer).
+    `ipc`: each learner rank's GPU holds one bucket at a time, closed once it reaches this many MiB (so it exceeds it
+    by one tensor at most)."""
     sync_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """dtype of the synced tensors (`auto`: `rollout.dtype`, halving the traffic for bf16 engines)."""
 

@@ -9,8 +9,10 @@ Weights are loaded inside vLLM's workers, tensor by tensor, never through a file
 (`rlpost.rollout.vllm_weights`, the worker extension): `receive_broadcast` has the workers receive
 learner rank 0's broadcast themselves (`cluster.sync_transport: nccl`; gloo tested here, NCCL
 untested), `update_weights` passes complete weight sets in in-memory safetensors buckets (the
-object-store transport and tests; tested here), `update_weights_from_ipc` opens CUDA IPC handles of a
-colocated learner rank's tensors (CUDA only, refused on the CPU; untested).
+object-store transport and tests; tested here), and a session of `begin_weight_update`,
+`load_ipc_bucket` per bucket and `finish_weight_update` opens CUDA IPC handles of the colocated
+learner ranks' tensors (`cluster.sync_transport: ipc`; the IPC load is CUDA only, refused on the CPU,
+and untested on a GPU; the session itself is tested on the CPU).
 
 vLLM is imported inside `VLLMEngine.__init__`, after its environment variables are set, so this
 module imports without vLLM installed (the worker extension never runs without it).
@@ -175,6 +177,8 @@ class VLLMEngine(RolloutEngine):
         self.dtype = resolve_dtype(config.dtype)
         self.policy_version = 0
         self._calls = 0
+        self._session_started: float | None = None
+        """When the open weight-update session began (`begin_weight_update`), None outside one."""
 
         configure_vllm_environment(config.vllm)
         from transformers import AutoTokenizer
@@ -335,17 +339,53 @@ class VLLMEngine(RolloutEngine):
         self._check_names(set(load_as))
         return [(m.name, str(m.dtype), [int(d) for d in m.shape], names.get(m.name)) for m in meta]
 
-    def update_weights_from_ipc(self, payload: list[dict[str, Any]], version: int) -> int:
-        """Colocated engines on CUDA: load tensors a learner rank holds on this engine's GPU, from their
-        CUDA IPC handles (`rlpost.rollout.vllm_weights.ipc_payload`), without a copy through the host.
+    # ------------------------------------------------------------------ a session loaded bucket by bucket (CUDA IPC)
+
+    def begin_weight_update(self, names: Iterable[str] | None = None) -> None:
+        """Open a weight-update session in the workers; buckets then arrive one call at a time
+        (`load_ipc_bucket`) until `finish_weight_update`. `names`: the learner's names of every weight
+        that will arrive, checked against the checkpoint before anything is loaded (vLLM fuses
+        projections, so a layer loaded from part of its tensors would be left half-loaded)."""
+        if names is not None:
+            self._check_names({name for name, _ in hf_named_weights(((n, None) for n in names), self.tied_embeddings)})
+        if self._session_started is not None:
+            log.warning("a weight update session was left open; closing it before the next")
+            self.llm.collective_rpc("rlpost_finish_update")
+        self.llm.collective_rpc("rlpost_begin_update")
+        self._session_started = time.perf_counter()
+
+    def load_ipc_bucket(self, payload: list[dict[str, Any]]) -> int:
+        """Load one bucket of CUDA IPC handles (`rlpost.rollout.vllm_weights.ipc_payload`, merged over
+        the colocated learner ranks) into the open session: each worker opens the handle of its own GPU,
+        loads the tensors and synchronises its stream before returning, so the sender may free them.
+        Names go through the same mapping as `update_weights` (a tied `lm_head.weight` is dropped).
+        On an error the session is closed (layers that got no tensor keep their weights).
 
         Refused on the CPU: CUDA IPC needs CUDA, and a CPU engine has no device memory to share
-        (`update_weights` is the CPU path). Not run on a GPU yet.
+        (`update_weights` is the CPU path). Untested on a GPU.
         """
         if self._on_cpu:
             raise RuntimeError("CUDA IPC weight loading needs vLLM on a GPU; on the CPU use update_weights")
-        started = time.perf_counter()
-        loaded = self.llm.collective_rpc("rlpost_load_ipc", args=(payload,))
+        if self._session_started is None:
+            raise RuntimeError("load_ipc_bucket outside a weight update session: call begin_weight_update first")
+        entries = [{**entry, "name": name}
+                   for name, entry in hf_named_weights(((e["name"], e) for e in payload), self.tied_embeddings)]
+        try:
+            loaded = self.llm.collective_rpc("rlpost_load_ipc", args=(entries,))
+        except BaseException:
+            self.llm.collective_rpc("rlpost_finish_update")
+            self._session_started = None
+            raise
+        return int(loaded[0])
+
+    def finish_weight_update(self, version: int) -> int:
+        """Close the session (layers are processed, the tied head repacked on the CPU) and take `version`;
+        returns the tensors the first worker loaded in the session."""
+        started = self._session_started
+        if started is None:
+            raise RuntimeError("finish_weight_update without an open session (begin_weight_update)")
+        loaded = self.llm.collective_rpc("rlpost_finish_update")
+        self._session_started = None
         self._updated(version, started)
         return int(loaded[0])
 

@@ -20,7 +20,10 @@ come from one of three sources:
 - `rlpost_load_safetensors`: buckets serialised with `safetensors.torch.save` and passed as bytes
   in the RPC (the object-store transport; tensors inside RPC arguments would arrive as lists).
 - `rlpost_load_ipc`: CUDA IPC handles of tensors a colocated learner rank holds on the same GPU
-  (`ipc_payload` builds them, `rebuild_ipc_tensor` opens them): no copy through the host. CUDA only.
+  (`ipc_payload` builds them, `rebuild_ipc_tensor` opens them), one bucket per call inside a
+  begin/finish session (`cluster.sync_transport: ipc`, driven by `rlpost.runtime.sync_ipc`): no copy
+  through the host or the object store. CUDA only; the handles and the load ran here on CPU
+  tensors only, the CUDA path is untested on a GPU.
 
 vLLM 0.32 also ships this lifecycle as an API (`weight_transfer_config`, backends `nccl` and
 `ipc`). rlpost uses its building blocks (the layerwise reload, `StatelessProcessGroup`,
@@ -157,13 +160,17 @@ class WeightReloadExtension:
 
     def rlpost_load_ipc(self, payload: list[dict[str, Any]]) -> int:
         """Open the CUDA IPC handles of `payload` (see `ipc_payload`) on this worker's GPU and load each
-        tensor (one whole session). The sender must keep its tensors alive until this returns."""
+        tensor into the open session (`rlpost_begin_update`); returns how many. The stream is
+        synchronised before returning: the sender frees its tensors once every engine has returned.
+        Untested on a GPU."""
         worker: Any = self
         device = getattr(worker, "device", torch.device("cpu"))
         if device.type != "cuda":
             raise RuntimeError(f"CUDA IPC weight loading needs a CUDA worker; this one runs on {device}")
         uuid = str(torch.cuda.get_device_properties(device.index).uuid)
-        return self.rlpost_update((entry["name"], rebuild_ipc_tensor(entry, uuid, device.index)) for entry in payload)
+        count = self.rlpost_load_tensors((entry["name"], rebuild_ipc_tensor(entry, uuid, device.index)) for entry in payload)
+        torch.cuda.current_stream().synchronize()
+        return count
 
     def rlpost_worker_info(self) -> dict[str, Any]:
         """Where this worker runs and how many broadcasts it received (tests and diagnostics)."""

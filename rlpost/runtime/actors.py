@@ -77,6 +77,8 @@ class RolloutWorker:
         self.eval_rewards = None
         self.startup_seconds = time.perf_counter() - started
         self.asleep = False
+        self.ipc_version: int | None = None
+        """The version the open IPC weight-update session brings (error messages)."""
 
     def info(self) -> dict[str, Any]:
         """`weight_ranks`: ranks the engine takes in the broadcast weight group (its workers when they
@@ -151,6 +153,30 @@ class RolloutWorker:
             raise WeightSyncError(f"weight sync of version {version} to {self.describe()} failed: {exc}") from exc
         self.version = version
         return {**stats, "version": version, "seconds": time.perf_counter() - started}
+
+    # ---- CUDA IPC transport (colocated vLLM engines on GPUs; untested on a GPU)
+    def begin_ipc_update(self, version: int, names: list[str] | None = None) -> None:
+        """Open the engine's weight-update session for `version` (`names`: every weight that will arrive)."""
+        self.ipc_version = version
+        self._sync_step("opening the session", lambda: self.engine.begin_weight_update(names))
+
+    def load_ipc(self, payload: list[dict[str, Any]]) -> int:
+        """Load one bucket of IPC handles (merged over the learner ranks) into the open session."""
+        return self._sync_step("loading a bucket", lambda: self.engine.load_ipc_bucket(payload))
+
+    def finish_ipc_update(self, version: int) -> dict[str, Any]:
+        loaded = self._sync_step("closing the session", lambda: self.engine.finish_weight_update(version))
+        self.version = version
+        return {"version": version, "loaded": loaded}
+
+    def _sync_step(self, what: str, step: Callable[[], Any]) -> Any:
+        """Run one step of a weight sync; its error names this worker (and the version being synced)."""
+        from rlpost.runtime.transport import WeightSyncError
+
+        try:
+            return step()
+        except Exception as exc:
+            raise WeightSyncError(f"weight sync of version {self.ipc_version} to {self.describe()} failed {what}: {exc}") from exc
 
     # ---- colocated placement on GPUs (vLLM sleep mode; not tested on this machine)
     def release_memory(self) -> bool:
@@ -230,6 +256,10 @@ class LearnerRank:
         # the moment it announces their ports: no other process can take the port meanwhile.
         self.rendezvous_listener = None
         self.broadcast_listener = None
+        # CUDA IPC transport: the weights' generator of the sync in progress, and the tensors of the
+        # bucket the engines are loading (their IPC handles do not own the memory).
+        self.ipc_stream: Iterator | None = None
+        self.ipc_keep: list | None = None
 
     def info(self) -> dict[str, Any]:
         return {**_node(), "rank": self.rank}
@@ -340,6 +370,41 @@ class LearnerRank:
             count = nbytes = 0
         return {"tensors": count, "bytes": nbytes, "seconds": time.perf_counter() - started}
 
+    # ---- CUDA IPC transport (colocated engines on GPUs; untested on a GPU)
+    def ipc_bucket(self, bucket_bytes: int) -> list[dict[str, Any]] | None:
+        """This rank's next bucket of the weights as IPC entries keyed by its GPU's uuid
+        (`rlpost.runtime.sync_ipc.ipc_buckets`), or None once they are exhausted (the sync's state is
+        then dropped). Every rank runs this in step: ZeRO-3's gathers are collective, and with
+        stages 0-2 each rank holds the full weights for the engine on its GPU. The previous bucket is
+        dropped first: the engines returned from loading it, after synchronising their streams."""
+        import torch
+
+        from rlpost.runtime.sync_ipc import ipc_buckets
+        from rlpost.runtime.transport import wire_dtype
+
+        self.ipc_keep = None
+        if self.ipc_stream is None:
+            if self.device != "cuda":
+                raise RuntimeError(f"cluster.sync_transport: ipc needs CUDA; learner rank {self.rank} runs on {self.device}")
+            index = torch.cuda.current_device()
+            uuid = str(torch.cuda.get_device_properties(index).uuid)
+            self.ipc_stream = ipc_buckets(self.learner.named_weights(), bucket_bytes, wire_dtype(self.config),
+                                          torch.device("cuda", index), uuid)
+        bucket = next(self.ipc_stream, None)
+        if bucket is None:
+            self.ipc_release()
+            return None
+        entries, self.ipc_keep = bucket
+        torch.cuda.current_stream().synchronize()  # the copies are complete before another process reads them
+        return entries
+
+    def ipc_release(self) -> None:
+        """Drop the kept bucket and the weights' generator (after a sync, or what a failed one left)."""
+        self.ipc_keep = None
+        stream, self.ipc_stream = self.ipc_stream, None
+        if stream is not None:
+            stream.close()
+
     # ---- checkpoints and export
     def save_state(self, folder: str, with_reference: bool) -> None:
         """Rank 0 writes (all ranks under ZeRO >= 1, whose DeepSpeed checkpoint is per rank)."""
@@ -384,6 +449,7 @@ class LearnerRank:
 
     def close(self) -> None:
         self.leave_broadcast()
+        self.ipc_release()
         import torch.distributed as dist
 
         if dist.is_initialized():

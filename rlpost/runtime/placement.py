@@ -154,16 +154,36 @@ def check_device_settings(cluster: ClusterConfig, tensor_parallel_size: int, dev
     """Settings that cannot work on `device`, refused before any actor starts (the message names the keys)."""
     from rlpost.config.errors import ConfigError
 
+    if cluster.sync_transport == "ipc":
+        check_ipc_settings(cluster, device)
     if device != "cuda" or cluster.placement != "colocated":
         return
     if cluster.sync_transport == "nccl":
         raise ConfigError(
             "cluster.placement: colocated with cluster.sync_transport: nccl cannot work on GPUs: learner rank i "
             "and rollout worker i share one GPU, and NCCL cannot put two ranks of a group on the same device; "
-            "use sync_transport: object_store, or placement: split"
+            "use sync_transport: ipc (CUDA IPC handles on the shared GPU, vLLM engines) or object_store, "
+            "or placement: split"
         )
     if tensor_parallel_size != 1:
         raise ConfigError("cluster.placement: colocated needs rollout.vllm.tensor_parallel_size: 1 (one GPU per bundle)")
+
+
+def check_ipc_settings(cluster: ClusterConfig, device: str) -> None:
+    """`sync_transport: ipc` shares GPU memory between a learner rank and the engine on its GPU."""
+    from rlpost.config.errors import ConfigError
+
+    if device != "cuda":
+        raise ConfigError(
+            f"cluster.sync_transport: ipc needs cluster.device: cuda (this run computes on {device}): CUDA IPC "
+            "shares GPU memory between processes; use sync_transport: object_store or nccl on the CPU"
+        )
+    if cluster.placement != "colocated":
+        raise ConfigError(
+            f"cluster.sync_transport: ipc needs cluster.placement: colocated (not {cluster.placement}): an engine "
+            "opens the tensors of the learner rank on its own GPU, and only colocated placement puts one there; "
+            "use sync_transport: nccl with placement: split"
+        )
 
 
 def make_layout(cluster: ClusterConfig, tensor_parallel_size: int, device: str) -> Layout:

@@ -94,6 +94,10 @@ class RayExecutor(RolloutPool, Executor):
             from rlpost.runtime.sync_broadcast import BroadcastSync
 
             return BroadcastSync(self)
+        if self.cluster.sync_transport == "ipc":
+            from rlpost.runtime.sync_ipc import IpcSync
+
+            return IpcSync(self)
         from rlpost.runtime.sync_object_store import ObjectStoreSync
 
         return ObjectStoreSync(self)

@@ -1,10 +1,11 @@
 """Weight sync: how the learner's weights reach every rollout engine, behind one interface.
 
 `WeightSync` is what the Ray executor calls; each transport is one file:
-`sync_object_store.py` (`cluster.sync_transport: object_store`) and `sync_broadcast.py` (`nccl`).
-This module holds what they share. Both transports move (Hugging Face name, tensor) pairs, one tensor at a time on the learner side (ZeRO-3
-parameters are gathered layer by layer by `Learner.named_weights`), and hand the engine an
-iterator for its `update_weights(named_tensors, version)`.
+`sync_object_store.py` (`cluster.sync_transport: object_store`), `sync_broadcast.py` (`nccl`) and
+`sync_ipc.py` (`ipc`). This module holds what they share. Every transport moves (Hugging Face name,
+tensor) pairs, one tensor at a time on the learner side (ZeRO-3 parameters are gathered layer by
+layer by `Learner.named_weights`); object store and broadcast hand the engine an iterator for its
+`update_weights(named_tensors, version)`, IPC hands a vLLM engine one bucket of handles per call.
 
 - object store (CPU and anywhere): learner rank 0 casts each tensor to the wire dtype and
   packs them into objects of at most `bucket_bytes`, put into Ray's object store; the handle lists
@@ -18,6 +19,10 @@ iterator for its `update_weights(named_tensors, version)`.
   the rollout actor. NCCL on GPUs (vLLM's PyNccl for vLLM engines; untested on this machine), gloo
   on the CPU (tested). Its store listens on `cluster.bind_host` only (the root serves it on a
   socket bound there: `rlpost.learner.distributed.rendezvous_store`).
+- CUDA IPC (`cluster.sync_transport: ipc`; colocated vLLM engines on CUDA): every learner rank
+  copies a bucket (`sync_bucket_mb`) of wire-dtype tensors on its own GPU and returns their CUDA
+  IPC handles; the engine sharing that GPU opens them in its worker and loads them, bucket by
+  bucket inside one update session. No copy through the object store. Untested on a GPU.
 
 Every receive has a deadline: a stuck sync raises `WeightSyncError` (the runtime names the engine).
 """

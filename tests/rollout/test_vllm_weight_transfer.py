@@ -165,7 +165,9 @@ def test_a_receive_nobody_sends_to_fails_in_time_naming_the_engine(vllm_engine, 
 
 def test_ipc_payload_rebuilds_and_loads_in_the_worker(vllm_engine, hf_engine, prompts, no_files, restore) -> None:
     """The IPC path's payload and the worker's rebuild-and-load, on CPU tensors (shared through
-    `reduce_tensor`'s CPU form; the CUDA handles themselves need a GPU). The engine refuses IPC on the CPU."""
+    `reduce_tensor`'s CPU form; the CUDA handles themselves need a GPU), inside the session that
+    `cluster.sync_transport: ipc` opens, fills bucket by bucket and closes. The engine refuses the IPC
+    load itself on the CPU."""
     from rlpost.rollout.vllm_weights import WeightReloadExtension, ipc_payload, rebuild_ipc_tensor
 
     weights = perturbed_state_dict(hf_engine.model)
@@ -177,7 +179,9 @@ def test_ipc_payload_rebuilds_and_loads_in_the_worker(vllm_engine, hf_engine, pr
     with pytest.raises(ValueError, match="announced"):
         rebuild_ipc_tensor({**payload[0], "shape": [1]}, "cpu-test", None)
     with pytest.raises(RuntimeError, match="needs vLLM on a GPU"):
-        vllm_engine.update_weights_from_ipc(payload, version=9)
+        vllm_engine.load_ipc_bucket(payload)
+    with pytest.raises(RuntimeError, match="without an open session"):
+        vllm_engine.finish_weight_update(9)
 
     class CpuWorker:
         device = torch.device("cpu")
@@ -185,12 +189,24 @@ def test_ipc_payload_rebuilds_and_loads_in_the_worker(vllm_engine, hf_engine, pr
     with pytest.raises(RuntimeError, match="needs a CUDA worker"):
         WeightReloadExtension.rlpost_load_ipc(CpuWorker(), payload)  # type: ignore[arg-type]
 
-    # The in-process engine runs a callable on its worker: rebuild each entry there and load it.
+    # Names are checked when the session opens, before anything is loaded.
+    with pytest.raises(KeyError, match="not weights of"):
+        vllm_engine.begin_weight_update([*weights, "model.extra.weight"])
+    with pytest.raises(ValueError, match="missing"):
+        vllm_engine.begin_weight_update(list(weights)[1:])
+    assert vllm_engine.policy_version != 9
+
+    # One session, two buckets: the in-process engine runs a callable on its worker, which rebuilds
+    # each entry there and loads it into the open session (what rlpost_load_ipc does on a GPU).
     tied = [e for e in payload if e["name"] != "lm_head.weight"]
-    loaded = vllm_engine.llm.collective_rpc(
-        lambda worker: worker.rlpost_update((e["name"], rebuild_ipc_tensor(e, "cpu-test", None)) for e in tied)
-    )
-    assert loaded == [len(tied)]
+    vllm_engine.begin_weight_update(list(weights))
+    half = len(tied) // 2
+    for bucket in (tied[:half], tied[half:]):
+        loaded = vllm_engine.llm.collective_rpc(
+            lambda worker, bucket=bucket: worker.rlpost_load_tensors((e["name"], rebuild_ipc_tensor(e, "cpu-test", None)) for e in bucket)
+        )
+        assert loaded == [len(bucket)]
+    assert vllm_engine.finish_weight_update(9) == len(tied) and vllm_engine.policy_version == 9
     hf_engine.update_weights(weights.items(), version=9)
     assert max_logprob_error(hf_engine.model, vllm_engine.generate(prompts, [1, 1, 1], GREEDY)) < 2e-4
     del keep

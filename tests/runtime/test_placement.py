@@ -101,6 +101,16 @@ def test_colocated_rank_and_worker_share_one_gpu(gpu_cluster):
 
 def test_colocated_nccl_sync_is_refused_on_gpus():
     cluster = _cluster("cluster.placement=colocated", "cluster.sync_transport=nccl")
-    with pytest.raises(ConfigError, match="cluster.placement: colocated with cluster.sync_transport: nccl"):
+    with pytest.raises(ConfigError, match="cluster.placement: colocated with cluster.sync_transport: nccl") as refused:
         check_device_settings(cluster, 1, "cuda")
+    assert "use sync_transport: ipc" in str(refused.value), "the refusal points at the colocated transport"
     check_device_settings(cluster, 1, "cpu")  # gloo puts two ranks on one CPU: allowed there
+
+
+def test_ipc_sync_needs_colocated_gpus():
+    colocated = _cluster("cluster.placement=colocated", "cluster.sync_transport=ipc", "rollout.engine=vllm")
+    check_device_settings(colocated, 1, "cuda")
+    with pytest.raises(ConfigError, match="cluster.sync_transport: ipc needs cluster.device: cuda"):
+        check_device_settings(colocated, 1, "cpu")
+    with pytest.raises(ConfigError, match="cluster.sync_transport: ipc needs cluster.placement: colocated"):
+        check_device_settings(_cluster("cluster.sync_transport=ipc", "rollout.engine=vllm"), 1, "cuda")
