@@ -1,5 +1,6 @@
 """Weights out of the learner: Hugging Face names, LoRA merged, ZeRO-3 partitions gathered one
-parameter at a time, on the CPU (where the rollout engines and safetensors read them)."""
+parameter at a time: on the CPU (where safetensors and the object store read them), or left on the
+parameters' device for transports that move device tensors (NCCL broadcast, CUDA IPC)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ def gathered(tensor: torch.Tensor, zero3: bool) -> torch.Tensor:
         return tensor.detach().clone()
 
 
-def named_weights(policy: torch.nn.Module, zero3: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """(Hugging Face name, CPU tensor) of every policy weight, LoRA merged, gathered one at a time under ZeRO-3.
+def named_weights(policy: torch.nn.Module, zero3: bool, on_device: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, tensor) of every policy weight, LoRA merged, gathered one at a time under ZeRO-3;
+    on the CPU, or with `on_device` on the parameter's own device (no host round trip for a GPU transport).
 
     The policy is left untouched: LoRA-merged, ZeRO-3-gathered and device-copied weights are new
-    tensors; a CPU weight otherwise is a detached view of the live parameter, valid until the next
+    tensors; any other weight is a detached view of the live parameter, valid until the next
     optimizer step.
     """
     model = hf_model(policy)
@@ -50,7 +52,7 @@ def named_weights(policy: torch.nn.Module, zero3: bool) -> Iterator[tuple[str, t
             with gathering(list(layer.parameters()), zero3):
                 weight = merged_lora_weight(layer)
         # Copied off the accelerator inside the loop: one weight at a time, never the whole model.
-        yield name.replace(".base_layer.", "."), weight.cpu()
+        yield name.replace(".base_layer.", "."), weight if on_device else weight.cpu()
 
 
 def export_hf(policy: torch.nn.Module, zero3: bool, folder: Path, tokenizer) -> None:

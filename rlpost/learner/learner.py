@@ -325,10 +325,11 @@ class Learner:
 
     # ---- weights out and checkpoint state ------------------------------------------------------
 
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(Hugging Face name, CPU tensor) of every policy weight, LoRA merged, gathered one at a time under ZeRO-3."""
+    def named_weights(self, on_device: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """(Hugging Face name, tensor) of every policy weight, LoRA merged, gathered one at a time under
+        ZeRO-3; CPU tensors, or with `on_device` tensors left on the model's device."""
         zero3 = self.engine is not None and self.config.learner.zero_stage >= 3
-        return export.named_weights(self.module, zero3)
+        return export.named_weights(self.module, zero3, on_device)
 
     def export_hf(self, folder: Path, tokenizer) -> None:
         """Save a Hugging Face folder (config, safetensors, tokenizer) that transformers and vLLM load."""

@@ -293,12 +293,13 @@ class LearnerRank:
     def _exporting(self) -> bool:
         return self.rank == 0 or self._zero3()
 
-    def _weights(self) -> Iterator:
-        """Rank 0: the (name, tensor) pairs. Other ranks under ZeRO-3: take part in the gathers."""
+    def _weights(self, on_device: bool = False) -> Iterator:
+        """Rank 0: the (name, tensor) pairs (with `on_device` left on the learner's device). Other ranks
+        under ZeRO-3: take part in the gathers."""
         if self.rank == 0:
-            yield from self.learner.named_weights()
+            yield from self.learner.named_weights(on_device)
         elif self._zero3():
-            for _ in self.learner.named_weights():
+            for _ in self.learner.named_weights(on_device):
                 pass
 
     def train(self, request, publish_version: int | None) -> dict[str, Any]:
@@ -363,9 +364,10 @@ class LearnerRank:
                 raise RuntimeError("learner rank 0 has no broadcast group")
             from rlpost.runtime.transport import wire_dtype
 
-            count, nbytes = self.broadcast.send(self._weights(), wire_dtype(self.config))
+            # NCCL sends GPU tensors: no host round trip (gloo's CPU tensors are on the device already).
+            count, nbytes = self.broadcast.send(self._weights(on_device=True), wire_dtype(self.config))
         else:
-            for _ in self._weights():
+            for _ in self._weights(on_device=True):
                 pass
             count = nbytes = 0
         return {"tensors": count, "bytes": nbytes, "seconds": time.perf_counter() - started}
@@ -388,7 +390,7 @@ class LearnerRank:
                 raise RuntimeError(f"cluster.sync_transport: ipc needs CUDA; learner rank {self.rank} runs on {self.device}")
             index = torch.cuda.current_device()
             uuid = str(torch.cuda.get_device_properties(index).uuid)
-            self.ipc_stream = ipc_buckets(self.learner.named_weights(), bucket_bytes, wire_dtype(self.config),
+            self.ipc_stream = ipc_buckets(self.learner.named_weights(on_device=True), bucket_bytes, wire_dtype(self.config),
                                           torch.device("cuda", index), uuid)
         bucket = next(self.ipc_stream, None)
         if bucket is None:

@@ -15,9 +15,9 @@ when every live engine is idle, no optimizer step runs and some engine is behind
 3. every engine closes its session and takes the version; the ranks drop their last bucket
    (`LearnerRank.ipc_release`, also sent after a failure).
 
-Memory: one bucket per rank on top of the learner's own, no copy through the object store. The
-learner's `named_weights` still yields host tensors (`rlpost.learner.export`), so each tensor is
-copied back to the GPU here. The bucket of a rank that does not answer within
+Memory: one bucket per rank on top of the learner's own, no copy through the host or the object
+store (`named_weights(on_device=True)` leaves each tensor on the learner's GPU; the bucket holds a
+copy in the wire dtype). The bucket of a rank that does not answer within
 `cluster.sync_timeout_seconds` fails the sync naming the rank; an engine's failure names the engine.
 
 **Untested on a GPU**: the orchestration is tested with stand-in actors, the bucketing, handles and

@@ -112,6 +112,19 @@ def test_lora_merged_export_comes_back_to_the_cpu(tiny_model_path):
         torch.testing.assert_close(exported[name], tensor, rtol=1e-6, atol=1e-7)
 
 
+def test_on_device_export_stays_on_the_accelerator(tiny_model_path):
+    """The GPU transports (NCCL broadcast, CUDA IPC) take the weights where the model holds them: no
+    host round trip; the default export is still on the CPU."""
+    with policy_on(accelerator=True):
+        learner = make_learner(make_config(tiny_model_path))
+        on_device = {name: tensor.detach().clone() for name, tensor in learner.named_weights(on_device=True)}
+        on_cpu = dict(learner.named_weights())
+    assert set(on_device) == set(on_cpu) and len(on_cpu) > 10
+    for name, tensor in on_device.items():
+        assert tensor.device.type != "cpu", name
+        torch.testing.assert_close(tensor.cpu(), on_cpu[name], rtol=0, atol=0)
+
+
 class _TwoRankGroup:
     """Stands in for a process group of two ranks holding the same data, on the accelerator: records
     the device of every tensor handed to a collective."""
