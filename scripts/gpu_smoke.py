@@ -428,17 +428,26 @@ def check_vllm(dry: bool) -> str:
     import rlpost
 
     model, chosen = _smoke_model(dry)
+    settings = {
+        "model.path": model, "rollout.engine": "vllm", "rollout.vllm.multiprocessing": False,
+        "train.steps": 2, "train.prompts_per_step": 2, "rollout.n": 4, "rollout.max_new_tokens": 32,
+        "eval.at_start": False, "data.test": None, "checkpoint.export_final": False,
+        "checkpoint.at_end": False, "logging.tensorboard": False, "logging.progress_bar": False,
+    }
     with tempfile.TemporaryDirectory(prefix="rlpost-gpu-smoke-") as out:
-        rlpost.train(ROOT / "configs" / "quickstart.yaml", log_level="WARNING", **{
-            "model.path": model, "rollout.engine": "vllm", "rollout.vllm.multiprocessing": False,
-            "train.steps": 2, "train.prompts_per_step": 2, "rollout.n": 4, "rollout.max_new_tokens": 32,
-            "eval.at_start": False, "data.test": None, "checkpoint.export_final": False,
-            "checkpoint.at_end": False, "logging.tensorboard": False, "logging.progress_bar": False,
-            "train.output_dir": out,
-        })
+        rlpost.train(ROOT / "configs" / "quickstart.yaml", log_level="WARNING", **settings, **{"train.output_dir": out})
+    if importlib.util.find_spec("ray") is None:
+        ipc = "CUDA IPC sync not run: ray not installed"
+    else:  # learner rank and engine share the GPU (sleep mode); weights through CUDA IPC handles
+        with tempfile.TemporaryDirectory(prefix="rlpost-gpu-smoke-") as out:
+            rlpost.train(ROOT / "configs" / "quickstart.yaml", log_level="WARNING", **settings, **{
+                "train.output_dir": out, "cluster.runtime": "ray", "cluster.placement": "colocated",
+                "cluster.sync_transport": "ipc", "cluster.sync_bucket_mb": 16,
+            })
+        ipc = "colocated on Ray, 2 GRPO steps with CUDA IPC sync"
     nccl = "NCCL sync across GPUs not run: needs 2 GPUs and ray" if torch.cuda.device_count() < 2 else \
         "NCCL sync across GPUs not run by this smoke (tests/runtime cover it)"
-    return f"vLLM engine, 2 GRPO steps on {chosen}; {nccl}"
+    return f"vLLM engine, 2 GRPO steps on {chosen}; {ipc}; {nccl}"
 
 
 CHECKS = {

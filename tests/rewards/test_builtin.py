@@ -60,7 +60,12 @@ def test_math_verify_unparseable_gold_raises():
         ("\\boxed{}", 0.0),
         ("\\boxed{   }", 0.0),
         ("\\boxed{7", 0.0),  # never closed (cut off by the token limit)
-        ("\\boxed{} then \\boxed{3}", 1.0),
+        ("\\boxed{} then \\boxed{3}", 0.0),  # one box, not two
+        ("\\boxed{12}\n\n\\boxed{12}\n\n\\boxed{12}", 0.0),  # the column of boxes GRPO learned for the old bonus
+        ("\\boxed{7} apples, because 3 + 4 = 7", 0.0),  # the box must end the answer
+        ("So $\\boxed{7}$.", 1.0),
+        ("\\[ \\boxed{7} \\]\n", 1.0),
+        ("**\\boxed{7}**", 1.0),
     ],
 )
 def test_boxed_format(completion, expected):
