@@ -1,7 +1,7 @@
 """Every method side by side: the same model, task, seeds and step budget for each.
 
 Each method trains in its own `rlpost train` process from its `configs/<method>.yaml` (which all
-extend the quickstart), with the budget overridden alike for every method, once per seed. Prints, per
+extend `configs/grpo.yaml`, GRPO on the quickstart's model and task), with the budget overridden alike for every method, once per seed. Prints, per
 method, the training reward and accuracy averaged over the last steps, and the held-out accuracy and
 boxed-answer rate (greedy, on the built-in task's `test` split, whose phrasings never appear in
 training) after the last step, as the mean and sample standard deviation over the seeds, next to the
@@ -36,7 +36,7 @@ MEASURES = ("reward", "train_accuracy", "eval_accuracy", "eval_boxed_rate")
 
 
 def suites() -> dict[str, list[str]]:
-    """Method names by suite, from the registries; `grpo` (the quickstart) is every suite's reference."""
+    """Method names by suite, from the registries; `grpo` (configs/grpo.yaml) is every suite's reference."""
     from rlpost.blending import CONTROLLERS
     from rlpost.objectives.registry import objective_names
     from rlpost.samplers import SAMPLERS
@@ -51,7 +51,7 @@ def suites() -> dict[str, list[str]]:
 
 
 def warmup_overrides(method: str, steps: int) -> list[str]:
-    """The shipped SASR and AMFT configs warm up with SFT for 5 and 3 of the quickstart's 30 steps;
+    """The shipped SASR and AMFT configs warm up with SFT for 5 and 3 of configs/grpo.yaml's 30 steps;
     at a short budget that would leave few blended steps, so their warm-up is scaled to the budget."""
     warmup = max(1, round(steps / 6)) if steps < 30 else None
     if warmup is None or method not in ("sasr", "amft"):
@@ -62,7 +62,7 @@ def warmup_overrides(method: str, steps: int) -> list[str]:
 def method_command(method: str, steps: int) -> tuple[Path, list[str]]:
     """The config file of `method` and the overrides that make it that method."""
     if method == "grpo":
-        return ROOT / "configs/quickstart.yaml", []
+        return ROOT / "configs/grpo.yaml", []
     if method == "sft":
         return ROOT / "configs/sasr.yaml", [f"blending.sasr.warmup_steps={steps}"]
     return ROOT / f"configs/{method}.yaml", warmup_overrides(method, steps)

@@ -1,6 +1,6 @@
 """Prompt samplers side by side: uniform, VADE and Knapsack at the same rollout budget per step.
 
-Each sampler trains SmolLM2 (vLLM rollouts) from its config (`configs/quickstart.yaml` for uniform,
+Each sampler trains SmolLM2 (vLLM rollouts) from its config (`configs/grpo.yaml` for uniform,
 `configs/vade.yaml`, `configs/knapsack.yaml`) in its own `rlpost train` process, with the same steps,
 seed and B prompts x n rollouts per step, on the built-in task with difficulty levels 1-3 and a
 training set small enough that prompts come round again (VADE and Knapsack learn from revisits).
@@ -43,7 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SAMPLER_CONFIGS = {"uniform": "quickstart.yaml", "vade": "vade.yaml", "knapsack": "knapsack.yaml"}
+SAMPLER_CONFIGS = {"uniform": "grpo.yaml", "vade": "vade.yaml", "knapsack": "knapsack.yaml"}
 COLUMNS = (
     ("zero_var_groups", "zero-var groups"),
     ("zero_var_groups_after_epoch", "after epoch 1"),

@@ -1,6 +1,6 @@
 """One step of the quickstart workload, taken apart: phases, learner utilisation, rollout and end-to-end speed.
 
-Runs `configs/quickstart.yaml` (8 prompts x 8 completions, <= 128 new tokens, SmolLM2-135M-Instruct,
+Runs `configs/grpo.yaml`, the quickstart's RL step (8 prompts x 8 completions, <= 128 new tokens, SmolLM2-135M-Instruct,
 vLLM bf16 rollouts, DeepSpeed bf16 learner, local runtime) for a few steps, the first left out as
 warm-up, and prints, all measured in this one process:
 
@@ -62,7 +62,7 @@ PHASES = ("rollout", "reward", "train", "sync")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "grpo.yaml"))
     parser.add_argument("--steps", type=int, default=4, help="training steps; the first is warm-up (default 4)")
     parser.add_argument("--quick", action="store_true", help="tiny workload: 2 prompts x 2 completions x 16 tokens")
     parser.add_argument("--threads", type=int, default=None,

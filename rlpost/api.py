@@ -2,7 +2,7 @@
 
     import rlpost
 
-    summary = rlpost.train("configs/quickstart.yaml", train={"steps": 3}, **{"rollout.n": 4},
+    summary = rlpost.train("configs/grpo.yaml", train={"steps": 3}, **{"rollout.n": 4},
                            reward_functions=[my_reward, ("boxed_format", 0.2)])
 
 Overrides are keyword arguments, in either form: a dotted key (`**{"train.steps": 3}`) sets one

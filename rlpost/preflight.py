@@ -191,6 +191,7 @@ def check_combinations(config: RLPostConfig) -> None:
             "(a blended step's SFT and validation batches are not sharded over learner ranks)"
         )
     check_blending_filter(config)
+    check_sft_warmup(config)
     check_ipc_transport(config)
     dapo = config.objective.dapo
     if config.objective.name == "dapo" and dapo.carry_surplus and cluster.max_staleness == 0:
@@ -199,6 +200,24 @@ def check_combinations(config: RLPostConfig) -> None:
             "and cluster.max_staleness: 0 drops every such group; set cluster.max_staleness >= 1 (with its "
             "importance-sampling correction) or objective.dapo.carry_surplus: false"
         )
+
+
+def check_sft_warmup(config: RLPostConfig) -> None:
+    """`blending.sft.warmup_steps`: within the run, and not beside a controller's own warm-up."""
+    steps = config.blending.sft.warmup_steps
+    if steps == 0:
+        return
+    if steps > config.train.steps:
+        raise ConfigError(f"blending.sft.warmup_steps ({steps}) exceeds train.steps ({config.train.steps}): "
+                          "warm-up steps count toward train.steps")
+    if config.blending.name in ("sasr", "amft"):
+        raise ConfigError(
+            f"blending.sft.warmup_steps with blending.name: {config.blending.name}, which has a warm-up of its own "
+            f"(blending.{config.blending.name}.warmup_steps, measured by the controller): use one of the two"
+        )
+    if config.cluster.learner_ranks > 1:
+        raise ConfigError("blending.sft.warmup_steps needs cluster.learner_ranks: 1 "
+                          "(the warm-up's SFT batches are not sharded over learner ranks)")
 
 
 def check_ipc_transport(config: RLPostConfig) -> None:

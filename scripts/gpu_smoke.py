@@ -350,7 +350,7 @@ def check_grpo_3steps(dry: bool) -> str:
             # the GPU image has no tensorboard; the bar would flood the smoke's output
             "logging.tensorboard": False, "logging.progress_bar": False, "train.output_dir": out,
         }
-        rlpost.train(ROOT / "configs" / "quickstart.yaml", reward_functions=rewards, log_level="WARNING", **overrides)
+        rlpost.train(ROOT / "configs" / "grpo.yaml", reward_functions=rewards, log_level="WARNING", **overrides)
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [row for row in rows if "actor/loss" in row]
     losses = [row["actor/loss"] for row in steps]
@@ -435,12 +435,12 @@ def check_vllm(dry: bool) -> str:
         "checkpoint.at_end": False, "logging.tensorboard": False, "logging.progress_bar": False,
     }
     with tempfile.TemporaryDirectory(prefix="rlpost-gpu-smoke-") as out:
-        rlpost.train(ROOT / "configs" / "quickstart.yaml", log_level="WARNING", **settings, **{"train.output_dir": out})
+        rlpost.train(ROOT / "configs" / "grpo.yaml", log_level="WARNING", **settings, **{"train.output_dir": out})
     if importlib.util.find_spec("ray") is None:
         ipc = "CUDA IPC sync not run: ray not installed"
     else:  # learner rank and engine share the GPU (sleep mode); weights through CUDA IPC handles
         with tempfile.TemporaryDirectory(prefix="rlpost-gpu-smoke-") as out:
-            rlpost.train(ROOT / "configs" / "quickstart.yaml", log_level="WARNING", **settings, **{
+            rlpost.train(ROOT / "configs" / "grpo.yaml", log_level="WARNING", **settings, **{
                 "train.output_dir": out, "cluster.runtime": "ray", "cluster.placement": "colocated",
                 "cluster.sync_transport": "ipc", "cluster.sync_bucket_mb": 16,
             })

@@ -16,7 +16,7 @@ from rlpost.api import ShippedReward, UsageError
 from rlpost.config import ConfigError, load_config
 from rlpost.config.loader import parse_override
 from rlpost.io.metrics import read_metrics
-from tests.e2e.runs import TINY_RUN
+from tests.e2e.runs import GRPO_CONFIG, TINY_RUN
 
 # A function as a notebook cell defines it: its module is __main__, which no worker can import.
 NOTEBOOK = {"__name__": "__main__"}
@@ -91,7 +91,7 @@ def test_three_steps_through_the_python_api(tmp_path: Path, tiny_chat_model_path
     # Nothing below reads a checkpoint or the export: 1.6 GB of writes spared.
     overrides.update({"checkpoint.every_steps": 0, "checkpoint.at_end": False, "checkpoint.export_final": False})
     summary = rlpost.train(
-        None, reward_functions=[("math_verify", 1.0), (NOTEBOOK["says_four"], 0.1)],
+        GRPO_CONFIG, reward_functions=[("math_verify", 1.0), (NOTEBOOK["says_four"], 0.1)],
         train={"steps": 3, "output_dir": str(tmp_path / "run")}, **overrides,
     )
     assert summary["run/seconds_per_step"] > 0

@@ -132,6 +132,8 @@ class BlendPlan:
     """Also compute grad L_val on the validation demonstrations and its dot products with grad L_SFT and grad L_RL."""
     reset_reference: bool = False
     """After this step's update, make the current policy the frozen KL reference (SASR's post-warm-up reference)."""
+    lr_scale: float = 1.0
+    """Factor on this step's learning rate (the SFT warm-up's `blending.sft.warmup_lr`; objectives' own factors multiply it)."""
     metrics: Metrics = field(default_factory=dict)
     """The controller's metrics of the decision."""
 

@@ -25,7 +25,8 @@ class BlendUpdate:
     """Everything the learner needs for a blended step besides the RL batch."""
 
     plan: BlendPlan
-    controller: BlendController
+    controller: BlendController | None
+    """None for a step no controller planned (the SFT warm-up, `rlpost.loop.warmup`)."""
     sft_batch: TrainBatch | None
     validation_batch: TrainBatch | None
 
@@ -64,7 +65,7 @@ def plan_blend(
 
 def apply_blend(learner: Any, rl_batch: TrainBatch | None, rl_targets: PolicyTargets | None, update: BlendUpdate):
     """Take the blended optimizer step on `learner`: (metrics, probe)."""
+    decide = update.controller.decide if update.controller is not None else None
     return learner.blended_step(
-        update.plan, rl_batch, rl_targets, update.sft_batch,
-        validation_batch=update.validation_batch, decide=update.controller.decide,
+        update.plan, rl_batch, rl_targets, update.sft_batch, validation_batch=update.validation_batch, decide=decide,
     )

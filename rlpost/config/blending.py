@@ -26,6 +26,17 @@ class SftConfig(Section):
     """How per-token NLLs become one number, normalised over the whole step like the RL loss: token-mean (HPT's and AMFT's cross-entropy) or any `objective.loss_agg` mode."""
     max_demo_tokens: int | None = Field(None, ge=1)
     """Cut demonstrations (solution + end-of-sequence token) to this many tokens; null keeps them whole."""
+    warmup_steps: int = Field(0, ge=0)
+    """SFT-only optimizer steps on the worked solutions before the first rollout, with any objective and
+    controller but SASR's and AMFT's (which have warm-ups of their own): nothing is generated, so a step
+    costs one learner pass over `warmup_demos` demonstrations. They count toward `train.steps`
+    (steps 0..warmup_steps-1; RL starts at step `warmup_steps`). 0: no warm-up."""
+    warmup_lr: float | None = Field(None, gt=0)
+    """Learning rate of the warm-up steps (null: `optimizer.lr`): SFT on clean worked solutions takes larger
+    steps than the RL that follows."""
+    warmup_demos: int = Field(64, ge=1)
+    """Demonstrations per warm-up step: the train split in one fixed shuffled order (`train.seed`), taken
+    in turn and cycled."""
 
 
 class BlendingSettings(Section):

@@ -275,7 +275,7 @@ class Learner:
             rl_targets, kl_metrics = self.kl_reward_targets(rl_batch, rl_targets, None, None)
         sides = blend.gradient_passes(self, plan, (rl_batch, rl_targets), sft_batch, validation_batch, decide)
         lr_factor, lr_metrics = self._blend_lr_scale(sides.rl, rl_batch)
-        grad_norm, lr = self._optimizer_step(lr_factor)
+        grad_norm, lr = self._optimizer_step(lr_factor * plan.lr_scale)
         self.steps_taken += 1
         probe = sides.probe
         probe.grad_norm = grad_norm

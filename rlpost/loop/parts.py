@@ -12,6 +12,7 @@ from rlpost.blending.runner import plan_blend
 from rlpost.config.schema import RLPostConfig
 from rlpost.data import build_prompts, build_training_prompts, load_rows
 from rlpost.loop.setup import load_tokenizer, pad_token_id
+from rlpost.loop.warmup import SftWarmup, build_warmup
 from rlpost.models import resolve_model
 from rlpost.objectives.luffy import attach_guidance
 from rlpost.objectives.registry import get_objective
@@ -33,6 +34,8 @@ class RunParts:
     blender: Any = None
     demos: Demonstrations | None = None
     validation_prompts: list[Prompt] = field(default_factory=list)
+    warmup: SftWarmup | None = None
+    """SFT steps before the first rollout (`blending.sft.warmup_steps`), or None."""
 
     def blend_request(self, step: int, groups, batch, targets) -> tuple[LearnerRequest, dict[str, float]]:
         """The blended optimizer step of batch `step` and the plan's metrics."""
@@ -71,6 +74,7 @@ def build_parts(config: RLPostConfig) -> RunParts:
         objective=get_objective(config.objective.name)(config.objective, config.rollout.max_new_tokens),
     )
     _add_blending(parts, config)
+    parts.warmup = build_warmup(config, parts.train_prompts, parts.demos)
     attach_guidance(parts)  # LUFFY's demonstrations join its groups; other objectives are left alone
     parts.sampler = build_sampler(
         config.sampler, parts.train_prompts, prompts_per_step=config.train.prompts_per_step,
@@ -80,13 +84,15 @@ def build_parts(config: RLPostConfig) -> RunParts:
 
 
 def _add_blending(parts: RunParts, config: RLPostConfig) -> None:
-    """The blending controller, its held-out validation prompts and the demonstration builder."""
+    """The blending controller, its held-out validation prompts and the demonstration builder (also
+    built for an SFT warm-up without a controller)."""
     parts.blender = build_controller(config.blending, seed=config.train.seed)
-    if parts.blender is None:
+    if parts.blender is None and config.blending.sft.warmup_steps == 0:
         return
     eos = parts.tokenizer.eos_token_id
     if eos is None:
         raise ValueError("SFT demonstrations end with the end-of-sequence token: the tokenizer has none")
-    parts.train_prompts, parts.validation_prompts = parts.blender.split_validation(parts.train_prompts)
+    if parts.blender is not None:
+        parts.train_prompts, parts.validation_prompts = parts.blender.split_validation(parts.train_prompts)
     parts.demos = Demonstrations(parts.tokenizer, eos, parts.pad_token_id, config.blending.sft.max_demo_tokens)
     parts.demos.check(parts.train_prompts + parts.validation_prompts)

@@ -59,7 +59,8 @@ class PendingStep:
     """A batch whose optimizer step is running."""
 
     batch_index: int
-    batch: TrainBatch
+    batch: TrainBatch | None
+    """The RL batch; None for an SFT warm-up step (no rollouts)."""
     metrics: dict[str, float]
     num_groups: int
 
@@ -121,6 +122,11 @@ class TrainingRun:
     def total_steps(self) -> int:
         return self.config.train.steps
 
+    @property
+    def warmup_steps(self) -> int:
+        """Steps before the first RL batch: the SFT warm-up's (`blending.sft.warmup_steps`)."""
+        return self.parts.warmup.steps if self.parts.warmup is not None else 0
+
     # ---- the loop
 
     def fit(self) -> dict[str, float]:
@@ -155,7 +161,7 @@ class TrainingRun:
         self.executor.start(needs_gradient_access=blender is not None and blender.combines_gradients)
         self.start_step = self._resume()
         self.version = self.start_step
-        self.planner.start_at(self.start_step)
+        self.planner.start_at(max(self.start_step, self.warmup_steps))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsLogger(self.output_dir, self.config.logging, self.config.model_dump(mode="json"),
                                      self.start_step)
@@ -215,6 +221,9 @@ class TrainingRun:
     def _maybe_train(self) -> None:
         if self.training is not None or self.version >= self.total_steps:
             return
+        if self.version < self.warmup_steps:
+            self._start_warmup_step()
+            return
         state = self.planner.take(self.version)
         if state is None:
             return
@@ -233,6 +242,13 @@ class TrainingRun:
             request, plan_metrics = self.parts.blend_request(self.version, groups, batch, targets)
             metrics.update(plan_metrics)
         self.training = PendingStep(self.version, batch, metrics, len(groups))
+        self.executor.train(request)
+        self.hooks.on_train_start(self, self.version)
+
+    def _start_warmup_step(self) -> None:
+        """SFT on worked solutions, nothing generated (the engines may already generate the first RL batch)."""
+        request, metrics = self.parts.warmup.request(self.version)
+        self.training = PendingStep(self.version, None, metrics, 0)
         self.executor.train(request)
         self.hooks.on_train_start(self, self.version)
 
@@ -272,21 +288,26 @@ class TrainingRun:
         seconds, self.step_started = now - self.step_started, now
         self.step_times.append(seconds)
         times = self.executor.take_times()
-        lengths = training.batch.response_lengths.float()
-        return {
-            "train/accuracy": float(training.batch.correct.float().mean()),
-            "response_length/mean": float(lengths.mean()),
-            "response_length/max": float(lengths.max()),
-            "response_length/clip_ratio": float(training.batch.truncated.float().mean()),
-            "rollout/groups": float(training.num_groups),
+        figures = {
             "policy/version": float(self.version),
             "perf/step_seconds": seconds,
-            "perf/tokens_per_second": float(lengths.sum()) / max(seconds, 1e-9),
             "perf/rollout_seconds": times.rollout,
             "perf/reward_seconds": times.reward,
             "perf/train_seconds": event.train_seconds,
             "perf/sync_seconds": times.sync,
             **times.extra,
+        }
+        if training.batch is None:  # an SFT warm-up step: no rollouts to describe
+            return figures
+        lengths = training.batch.response_lengths.float()
+        return {
+            **figures,
+            "train/accuracy": float(training.batch.correct.float().mean()),
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "response_length/clip_ratio": float(training.batch.truncated.float().mean()),
+            "rollout/groups": float(training.num_groups),
+            "perf/tokens_per_second": float(lengths.sum()) / max(seconds, 1e-9),
         }
 
     def evaluate(self) -> dict[str, float]:
@@ -312,7 +333,8 @@ class TrainingRun:
         return step
 
     def save_checkpoint(self, steps_done: int) -> Path:
-        sampler_state = self.planner.sampler_state(steps_done)
+        # During the warm-up the first RL batch may be drawn already: resuming redraws it.
+        sampler_state = self.planner.sampler_state(max(steps_done, self.warmup_steps))
         blender = self.parts.blender
 
         def write(folder: Path) -> None:

@@ -70,8 +70,6 @@ class Trained:
     batch_index: int
     result: LearnerResult
     train_seconds: float
-    sync_seconds: float = 0.0
-    """Time spent making the new weights available to the engines (export, publish or load)."""
 
 
 @dataclass

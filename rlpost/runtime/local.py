@@ -41,6 +41,8 @@ class LocalExecutor(Executor):
         self.pending: collections.deque[WorkUnit] = collections.deque()
         self.request: LearnerRequest | None = None
         self.version = 0
+        self.engine_version = 0
+        """The policy version the engine holds (it loads the learner's when it next generates)."""
         self.times = ExecutorInfo()
         self.peak_window = False
         self.overlap: ThreadPoolExecutor | None = None
@@ -68,6 +70,7 @@ class LocalExecutor(Executor):
             return self._train_overlapped()
         if not self.pending:
             raise RuntimeError(f"the local runtime has nothing to run at version {self.version}")
+        self._engine_current()
         return [self._generate(self.pending.popleft())]
 
     def _train_overlapped(self) -> list[Generated | Trained]:
@@ -76,6 +79,7 @@ class LocalExecutor(Executor):
         if not self.pending:
             return [self._train()]
         unit = self.pending.popleft()
+        self._engine_current()  # before the learner starts: the thread must not read weights being updated
         if self.overlap is None:
             self.overlap = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-rollout")
         generating = self.overlap.submit(self._generate, unit)
@@ -83,7 +87,7 @@ class LocalExecutor(Executor):
             trained = self._train(sync=False)
         finally:
             generated = generating.result()  # the engine must be idle before its weights change
-        self._sync_engine(trained)
+        self._advance_version(trained)
         return [generated, trained]
 
     def _generate(self, unit: WorkUnit) -> Generated:
@@ -106,20 +110,28 @@ class LocalExecutor(Executor):
         self.times.learner += trained.train_seconds
         self.run_learner += trained.train_seconds
         if sync:
-            self._sync_engine(trained)
+            self._advance_version(trained)
         return trained
 
-    def _sync_engine(self, trained: Trained) -> None:
-        """Load the new weights into the engine: version `trained.batch_index + 1`."""
-        started = time.perf_counter()
+    def _advance_version(self, trained: Trained) -> None:
+        """The learner is at version `trained.batch_index + 1`; the engine loads it before it next
+        generates or evaluates (`_engine_current`), so steps that generate nothing in between (the SFT
+        warm-up) cost no sync."""
         self.version = trained.batch_index + 1
+
+    def _engine_current(self) -> None:
+        """Load the learner's weights into the engine if it is behind."""
+        if self.engine_version == self.version:
+            return
+        started = time.perf_counter()
         self.engine.update_weights(self.learner.named_weights(), version=self.version)
-        trained.sync_seconds = time.perf_counter() - started
-        self.times.sync += trained.sync_seconds
+        self.engine_version = self.version
+        self.times.sync += time.perf_counter() - started
 
     def evaluate(self, prompts: list[Prompt], max_new_tokens: int) -> dict[str, float]:
         if self.eval_rewards is None:
             self.eval_rewards = eval_rewards(self.config.reward.num_workers)
+        self._engine_current()
         return evaluate_engine(self.engine, self.eval_rewards, prompts, max_new_tokens, self.version)
 
     def load_learner(self, folder: Path, learner_objective: dict[str, Any], version: int) -> None:
@@ -128,7 +140,7 @@ class LocalExecutor(Executor):
         if (folder / REFERENCE_FILE).is_file():
             self.learner.load_reference(folder / REFERENCE_FILE)
         self.version = version
-        self.engine.update_weights(self.learner.named_weights(), version=version)
+        self._engine_current()
 
     def save_learner(self, folder: Path, with_reference: bool) -> dict[str, Any]:
         self.learner.save_state(folder / "learner")

@@ -257,7 +257,7 @@ class RayExecutor(RolloutPool, Executor):
         if self.sleeps:
             ray.get([slot.actor.restore_memory.remote() for slot in self.workers if slot.alive])
         # The ranks reduced their metrics and gathered their IS statistics: rank 0's stand for the step.
-        return Trained(training["batch_index"], outputs[0]["result"], train_seconds, publish_seconds)
+        return Trained(training["batch_index"], outputs[0]["result"], train_seconds)
 
     def _learner_crashed(self, exc: Exception, batch_index: int | None = None) -> LearnerCrashed:
         from rlpost.io.checkpoint import latest_checkpoint

@@ -1,4 +1,4 @@
-"""The shipped blending configs load on top of the quickstart and build their controllers."""
+"""The shipped blending configs load on top of GRPO's (configs/grpo.yaml) and build their controllers."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("name", controller_names())
-def test_config_extends_the_quickstart(name):
+def test_config_extends_grpos(name):
     config = load_config(CONFIGS / f"{name}.yaml")
-    quickstart = load_config(CONFIGS / "quickstart.yaml")
+    grpo = load_config(CONFIGS / "grpo.yaml")
     assert config.blending.name == name
     assert build_controller(config.blending, seed=config.train.seed).name == name
     for section in ("model", "data", "reward", "rollout", "optimizer", "learner"):
-        assert getattr(config, section) == getattr(quickstart, section), section
-    assert config.train.steps == quickstart.train.steps and config.train.output_dir == f"runs/{name}"
+        assert getattr(config, section) == getattr(grpo, section), section
+    assert config.train.steps == grpo.train.steps and config.train.output_dir == f"runs/{name}"
     assert config.learner.updates_per_batch == 1
 
 
@@ -36,7 +36,7 @@ def test_hpt_config_is_the_authors_rl_loss():
 
 
 def test_amft_config_can_combine_gradients():
-    """AMFT rewrites gradients: the quickstart's learner must be torch, or DeepSpeed stage 0 in float32."""
+    """AMFT rewrites gradients: configs/grpo.yaml's learner must be torch, or DeepSpeed stage 0 in float32."""
     config = load_config(CONFIGS / "amft.yaml")
     learner = config.learner
     assert learner.backend == "torch" or (learner.zero_stage == 0 and config.model.dtype == "float32")

@@ -7,9 +7,12 @@ from rlpost.config.loader import QUICKSTART, apply_override, parse_override
 
 
 def test_quickstart_loads_with_defaults():
+    """No config: the quickstart, an SFT warm-up then HPT (whose RL side is Dr.GRPO) on levels 1-2."""
     config = load_config()
     assert config.model.path == "smollm2-135m-instruct"
-    assert config.objective.name == "grpo"
+    assert (config.objective.name, config.blending.name) == ("dr_grpo", "hpt")
+    assert config.blending.sft.warmup_steps == 64 and config.train.steps == 94
+    assert config.data.arithmetic.levels == [1, 2]
     assert config.rollout.max_new_tokens == 128
 
 

@@ -3,11 +3,12 @@
 import pytest
 
 from rlpost.config import ConfigError, load_config
+from tests.e2e.runs import GRPO_CONFIG
 
 
 def refused(override: str) -> str:
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_config(GRPO_CONFIG, [override])
     return str(err.value)
 
 
@@ -20,14 +21,14 @@ def test_clip_low_at_or_above_one_is_refused(value):
 
 
 def test_clip_low_just_below_one_is_accepted():
-    assert load_config(None, ["objective.clip_low=0.99"]).objective.clip_low == 0.99
+    assert load_config(GRPO_CONFIG, ["objective.clip_low=0.99"]).objective.clip_low == 0.99
 
 
 def test_clip_high_far_out_of_range_is_refused():
     message = refused("objective.clip_high=20")
     assert "objective.clip_high = 20: must be in [0, 10]" in message
     assert "objective.clip: false" in message
-    assert load_config(None, ["objective.clip_high=10"]).objective.clip_high == 10
+    assert load_config(GRPO_CONFIG, ["objective.clip_high=10"]).objective.clip_high == 10
 
 
 @pytest.mark.parametrize("value", [".nan", ".inf", "0", "-1e-6"])
@@ -42,7 +43,7 @@ def test_adam_betas_outside_zero_one_are_refused(betas):
 
 
 def test_adam_betas_at_zero_are_accepted():
-    assert load_config(None, ["optimizer.betas=[0.0,0.0]"]).optimizer.betas == (0.0, 0.0)
+    assert load_config(GRPO_CONFIG, ["optimizer.betas=[0.0,0.0]"]).optimizer.betas == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("value", ["-1.0e-8", ".inf"])
@@ -58,7 +59,7 @@ def test_reward_weight_must_be_finite(value):
 
 
 def test_negative_reward_weight_is_allowed():
-    assert load_config(None, ["reward.functions.1.weight=-0.5"]).reward.functions[1].weight == -0.5
+    assert load_config(GRPO_CONFIG, ["reward.functions.1.weight=-0.5"]).reward.functions[1].weight == -0.5
 
 
 @pytest.mark.parametrize(("value", "meant"), [("atuo", "auto"), ("Auto", "auto"), ("nevr", "never")])
@@ -73,15 +74,15 @@ def test_resume_boolean_is_refused_with_allowed_values():
 
 def test_resume_folder_is_accepted(tmp_path):
     folder = tmp_path / "step_000010"
-    assert load_config(None, [f"train.resume={folder}"]).train.resume == str(folder)  # checked when the run resumes
-    assert load_config(None, ["train.resume=never"]).train.resume == "never"
+    assert load_config(GRPO_CONFIG, [f"train.resume={folder}"]).train.resume == str(folder)  # checked when the run resumes
+    assert load_config(GRPO_CONFIG, ["train.resume=never"]).train.resume == "never"
 
 
 def test_is_correction_auto_consults_the_objective_capability():
     async_run = ["cluster.runtime=ray", "cluster.max_staleness=1"]
-    assert load_config(None, async_run).cluster.is_mode("grpo") == "token"
-    assert load_config(None, async_run).cluster.is_mode("vcpo") == "none"  # registered corrects_off_policy
-    assert load_config(None, ["cluster.runtime=ray"]).cluster.is_mode("vcpo") == "none"
+    assert load_config(GRPO_CONFIG, async_run).cluster.is_mode("grpo") == "token"
+    assert load_config(GRPO_CONFIG, async_run).cluster.is_mode("vcpo") == "none"  # registered corrects_off_policy
+    assert load_config(GRPO_CONFIG, ["cluster.runtime=ray"]).cluster.is_mode("vcpo") == "none"
 
 
 def test_registered_method_section_unknown_key_names_key_and_closest():

@@ -12,6 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 PARITY_REWARD = Path(__file__).resolve().parents[1] / "blending" / "parity_reward.py"
+GRPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grpo.yaml"
+"""GRPO on the quickstart's model and task: the base of every method's config (the quickstart itself adds
+an SFT warm-up and HPT), and the config of the tests of the loop's mechanics."""
 
 TINY_RUN = [
     "train.prompts_per_step=2",

@@ -29,6 +29,7 @@ import pytest
 from rlpost.config import load_config
 from rlpost.io.metrics import read_metrics
 from rlpost.loop import TrainingRun
+from tests.e2e.runs import GRPO_CONFIG
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,7 @@ def train_on_scripted_reward(model: str, output_dir: Path, objective: str, seed:
         "checkpoint.every_steps=0", "checkpoint.at_end=false", "checkpoint.export_final=false",
         "logging.progress_bar=false", "logging.tensorboard=false", f"train.output_dir={output_dir}",
     ]
-    TrainingRun(load_config(None, overrides)).fit()
+    TrainingRun(load_config(GRPO_CONFIG, overrides)).fit()
     return read_metrics(output_dir)
 
 

@@ -8,13 +8,13 @@ import pytest
 from rlpost.config import load_config
 from rlpost.io.metrics import read_metrics
 from rlpost.loop import TrainingRun
-from tests.e2e.runs import TINY_RUN, on_tiny_model
+from tests.e2e.runs import GRPO_CONFIG, TINY_RUN, on_tiny_model
 
 pytestmark = pytest.mark.slow
 
 
 def test_local_run_overlaps_generation_with_training(tmp_path, tiny_chat_model_path):
-    config = load_config(None, [
+    config = load_config(GRPO_CONFIG, [
         *TINY_RUN, *on_tiny_model(tiny_chat_model_path), "train.steps=3", "cluster.max_staleness=1", "checkpoint.every_steps=0",
         "checkpoint.at_end=false", "checkpoint.export_final=false", f"train.output_dir={tmp_path}",
     ])

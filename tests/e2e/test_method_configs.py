@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # grpo's config is the quickstart; every other method ships configs/<name>.yaml.
-METHOD_CONFIGS = {name: CONFIGS / ("quickstart.yaml" if name == "grpo" else f"{name}.yaml") for name in objective_names()}
+METHOD_CONFIGS = {name: CONFIGS / f"{name}.yaml" for name in objective_names()}
 SCALED_DOWN = {
     # The tiny run's 12-token limit is shorter than DAPO's 32-token overlong buffer.
     "dapo": ["objective.dapo.overlong_buffer=4"],

@@ -14,13 +14,13 @@ from rlpost.config import load_config
 from rlpost.io.checkpoint import latest_checkpoint
 from rlpost.io.metrics import read_metrics
 from rlpost.loop import TrainingRun
-from tests.e2e.runs import ONLY_THE_LAST_CHECKPOINT, TINY_RUN, on_tiny_model
+from tests.e2e.runs import GRPO_CONFIG, ONLY_THE_LAST_CHECKPOINT, TINY_RUN, on_tiny_model
 
 pytestmark = pytest.mark.slow
 
 
 def _train(tmp_path, name: str, *overrides: str) -> list[dict]:
-    config = load_config(None, [*TINY_RUN, f"train.output_dir={tmp_path / name}", *overrides])
+    config = load_config(GRPO_CONFIG, [*TINY_RUN, f"train.output_dir={tmp_path / name}", *overrides])
     TrainingRun(config).fit()
     return read_metrics(tmp_path / name)
 

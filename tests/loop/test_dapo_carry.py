@@ -17,6 +17,7 @@ from rlpost.preflight import check_combinations
 from rlpost.runtime.executor import Generated
 from rlpost.samplers import build_sampler
 from rlpost.types import Completion, Group, Prompt
+from tests.e2e.runs import GRPO_CONFIG
 
 SEED = 5
 PROMPTS = [Prompt(prompt_id=f"p{i}", text=f"q{i}", token_ids=[i], row={"question": f"q{i}", "answer": "1"})
@@ -48,7 +49,7 @@ def _ids(groups) -> list[str]:
 
 
 def test_carrying_is_refused_without_staleness_allowance():
-    config = load_config(None, ["objective.name=dapo", "objective.dapo.carry_surplus=true", "cluster.max_staleness=0"])
+    config = load_config(GRPO_CONFIG, ["objective.name=dapo", "objective.dapo.carry_surplus=true", "cluster.max_staleness=0"])
     with pytest.raises(ConfigError, match="set cluster.max_staleness >= 1"):
         check_combinations(config)
     check_combinations(config.model_copy(update={"cluster": config.cluster.model_copy(update={"max_staleness": 1})}))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from rlpost.config import load_config
 from rlpost.loop.setup import config_digest, round_seed, step_seed
+from tests.e2e.runs import GRPO_CONFIG
 
 
 def _digest(*overrides: str) -> str:
-    return config_digest(load_config(None, list(overrides)))
+    return config_digest(load_config(GRPO_CONFIG, list(overrides)))
 
 
 def test_only_the_chosen_plugin_section_counts():

@@ -17,7 +17,7 @@ from tests.e2e.runs import on_tiny_model
 from tests.reliability.faults import FAULT_ENV, Fault
 
 REPO = Path(__file__).resolve().parents[2]
-QUICKSTART = REPO / "configs" / "quickstart.yaml"
+QUICKSTART = REPO / "configs" / "grpo.yaml"
 STEPS = 4
 CHECKPOINT_EVERY = 2
 

@@ -38,6 +38,8 @@ METHODS = {
     ],
     "hpt": ["blending.name=hpt", "blending.hpt.success=correct", "learner.updates_per_batch=1"],
     "vade": ["sampler.name=vade", "sampler.vade.pool_factor=2.0", "data.arithmetic.levels=[1, 2]"],
+    # Step 1 is SFT on worked solutions with nothing generated, step 2 GRPO.
+    "sft_warmup": ["blending.sft.warmup_steps=1", "blending.sft.warmup_demos=4"],
 }
 
 NOT_COMPARED = ("perf/", "rollout/worker_restarts", "rollout/regenerated_units")

@@ -51,7 +51,7 @@ RUN = [
     "checkpoint.every_steps=0",
     "checkpoint.at_end=false",
 ]
-CONFIG_FILES = {"uniform": "quickstart.yaml", "vade": "vade.yaml", "knapsack": "knapsack.yaml", "cures": "cures.yaml"}
+CONFIG_FILES = {"uniform": "grpo.yaml", "vade": "vade.yaml", "knapsack": "knapsack.yaml", "cures": "cures.yaml"}
 SAMPLER_OVERRIDES = {
     "uniform": [],
     # No decay: each posterior is then the prior plus the prompt's summed successes and failures.
