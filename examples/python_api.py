@@ -25,7 +25,7 @@ def terse(prompt: str, completion: str, *, answer: str, **row_fields) -> float:
 
 if __name__ == "__main__":
     summary = rlpost.train(
-        None,  # the quickstart: GRPO on SmolLM2-135M-Instruct, built-in arithmetic
+        "configs/grpo.yaml",  # GRPO on SmolLM2-135M-Instruct, built-in arithmetic (None: the quickstart)
         reward_functions=[("math_verify", 1.0), (terse, 0.2)],
         train={"steps": 3, "prompts_per_step": 2, "output_dir": "runs/python-api"},
         **{"rollout.n": 4, "rollout.max_new_tokens": 32, "rollout.engine": "hf", "learner.backend": "torch",

@@ -1,4 +1,4 @@
-"""`rlpost plot RUN_DIR`: one PNG with the reward, accuracy, length and KL curves of a run."""
+"""`rlpost plot RUN_DIR`: one PNG with the reward, accuracy, length and loss (KL, SFT NLL) curves of a run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ PANELS = [
     ("Reward", ["reward/mean"]),
     ("Accuracy", ["train/accuracy", "eval/accuracy", "eval/boxed_rate"]),
     ("Response length", ["response_length/mean"]),
-    ("KL", ["actor/kl_loss", "actor/ppo_kl"]),
+    # SFT steps (a warm-up, blending) have no rollouts: their NLL is the curve that shows them.
+    ("KL and SFT loss", ["actor/kl_loss", "actor/ppo_kl", "sft/nll"]),
 ]
 
 
