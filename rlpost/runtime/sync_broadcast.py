@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from rlpost.runtime.transport import TensorMeta, WeightSync, WeightSyncError
+from rlpost.runtime.transport import SyncWhileIdle, TensorMeta, WeightSyncError
 
 GROUP_BACKENDS = ("gloo", "nccl", "pynccl")
 
@@ -134,7 +134,7 @@ class BroadcastGroup:
                 pass
 
 
-class BroadcastSync(WeightSync):
+class BroadcastSync(SyncWhileIdle):
     name = "nccl"
 
     def __init__(self, executor: Any):
@@ -151,32 +151,21 @@ class BroadcastSync(WeightSync):
         executor.check_loopback("learner rank 0 and the engines (sync_transport: nccl)", nodes)
         self.meta = ray.get([rank.weight_meta.remote() for rank in executor.ranks])[0]
 
-    def _behind(self) -> list:
-        newest = self.executor.published_version
-        return [s for s in self.executor.workers if s.alive and newest is not None and s.version < newest]
-
-    def blocks_training(self) -> bool:
-        return bool(self._behind())
-
     def schedule(self) -> None:
         """Broadcast the newest version once every live engine is idle and the learner is not training."""
         import ray
 
         executor = self.executor
-        alive = [slot for slot in executor.workers if slot.alive]
-        if executor.training is not None or not self._behind() or any(slot.task is not None for slot in alive):
+        if not self.idle() or not self.behind():
             return
+        alive = [slot for slot in executor.workers if slot.alive]
         newest = executor.published_version
         self._ensure_group(alive)
         started = time.perf_counter()
         refs = [rank.broadcast_weights.remote() for rank in executor.ranks]
         worker_refs = [slot.actor.receive_broadcast.remote(self.meta, newest) for slot in alive]
         executor.await_sync(refs + worker_refs, alive, newest)
-        for slot in alive:
-            slot.version = newest
-        elapsed = time.perf_counter() - started
-        executor.times.sync += elapsed * len(alive)
-        executor.times.learner += elapsed
+        self.synced(alive, newest, time.perf_counter() - started)
         ray.get(refs)
 
     def _ensure_group(self, alive: list) -> None:

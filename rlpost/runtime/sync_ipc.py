@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from rlpost.runtime.transport import WeightSync, WeightSyncError
+from rlpost.runtime.transport import SyncWhileIdle, WeightSyncError
 
 IpcEntry = dict[str, Any]
 """One tensor of a payload: name, dtype, shape and `handles` {GPU uuid: (rebuild, args)} (`rlpost.rollout.vllm_weights.ipc_payload`)."""
@@ -132,7 +132,7 @@ def ray_get(ref: Any) -> Any:
     return ray.get(ref)
 
 
-class IpcSync(WeightSync):
+class IpcSync(SyncWhileIdle):
     """Syncs every engine behind at once, bucket by bucket (see the module docstring).
 
     `wait` and `get` reach the actors' results (Ray's by default; the tests pass plain stand-ins).
@@ -151,19 +151,11 @@ class IpcSync(WeightSync):
         metas = self.get([rank.weight_meta.remote() for rank in self.executor.ranks])
         self.names = [meta.name for meta in metas[0]]
 
-    def _behind(self) -> list:
-        newest = self.executor.published_version
-        return [s for s in self.executor.workers if s.alive and newest is not None and s.version < newest]
-
-    def blocks_training(self) -> bool:
-        return bool(self._behind())
-
     def schedule(self) -> None:
         """Sync the engines behind once every live engine is idle and the learner is not training."""
         executor = self.executor
-        alive = [slot for slot in executor.workers if slot.alive]
-        targets = self._behind()
-        if executor.training is not None or not targets or any(slot.task is not None for slot in alive):
+        targets = self.behind()
+        if not self.idle() or not targets:
             return
         newest = executor.published_version
         started = time.perf_counter()
@@ -179,11 +171,7 @@ class IpcSync(WeightSync):
                 # Not awaited: a rank stuck in its bucket runs this after it, and the sync has failed anyway.
                 for rank in executor.ranks:
                     rank.ipc_release.remote()
-        for slot in targets:
-            slot.version = newest
-        elapsed = time.perf_counter() - started
-        executor.times.sync += elapsed * len(targets)
-        executor.times.learner += elapsed
+        self.synced(targets, newest, time.perf_counter() - started)
 
     def _call(self, targets: list, version: int, rank_method: str, engine_method: str, rank_args: tuple,
               engine_args: tuple) -> None:

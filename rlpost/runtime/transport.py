@@ -131,3 +131,28 @@ class WeightSync:
     def schedule(self) -> None:
         """Start syncs of engines behind `executor.published_version` (called every turn)."""
         raise NotImplementedError
+
+
+class SyncWhileIdle(WeightSync):
+    """A transport that updates engines while the learner ranks serve the weights: only when every live
+    engine is idle and no optimizer step runs, and the next step waits for it (broadcast, CUDA IPC)."""
+
+    def behind(self) -> list:
+        """The live engines' slots behind the published version."""
+        newest = self.executor.published_version
+        return [s for s in self.executor.workers if s.alive and newest is not None and s.version < newest]
+
+    def blocks_training(self) -> bool:
+        return bool(self.behind())
+
+    def idle(self) -> bool:
+        """Whether the learner is not training and no live engine has a task."""
+        executor = self.executor
+        return executor.training is None and all(slot.task is None for slot in executor.workers if slot.alive)
+
+    def synced(self, slots: list, version: int, seconds: float) -> None:
+        """`slots` now hold `version`; the sync took `seconds` of every one of them and of the learner."""
+        for slot in slots:
+            slot.version = version
+        self.executor.times.sync += seconds * len(slots)
+        self.executor.times.learner += seconds
