@@ -7,7 +7,7 @@ import pytest
 from rlpost.config import load_config
 from rlpost.io.metrics import read_metrics
 from rlpost.loop import TrainingRun
-from tests.e2e.runs import TINY_RUN, on_tiny_model
+from tests.e2e.runs import GRPO_CONFIG, TINY_RUN, on_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ COMPARED = ["actor/loss", "actor/grad_norm", "actor/pg_loss", "reward/mean", "re
 def _run(tmp_path, model_path: str, fused: bool) -> list[dict]:
     folder = tmp_path / f"fused-{fused}"
     config = load_config(
-        None,
+        GRPO_CONFIG,
         [*TINY_RUN, *on_tiny_model(model_path), "train.steps=3", "learner.mixed_precision=no", "checkpoint.every_steps=0", "checkpoint.at_end=false",
          f"learner.fused_logprobs={str(fused).lower()}", "learner.logprob_chunk_size=7", f"train.output_dir={folder}"],
     )
