@@ -3,8 +3,8 @@
 Supervised steps on the rows' worked solutions teach a small model the answer format and the
 arithmetic of the task far more cheaply than RL can: a warm-up step is one learner pass over
 `warmup_demos` demonstrations, with nothing generated (on the built-in task, 64 SFT steps of 16
-demonstrations took SmolLM2-135M from 0.07 to 0.33 held-out pass@1 in about 5 CPU-minutes, where 30
-GRPO steps took 18). RL then starts from a policy whose groups have reward variance.
+demonstrations took SmolLM2-135M from 0.07 to 0.33 held-out pass@1 in about 5 CPU-minutes, where 30 HPT
+steps took 17 to reach 0.23). RL then starts from a policy whose groups have reward variance.
 
 The step is an SFT-only blended step (`BlendPlan.sft_only`), the same learner path SASR's and AMFT's
 warm-ups take, so it runs on every runtime. Its demonstrations depend only on the step index (a fixed
