@@ -15,13 +15,20 @@ warm-up, and prints, all measured in this one process:
     LM head's weight; k = 3 for a gradient pass (forward + backward), 1 for a no-grad log-prob
     forward (reference or old-policy log-probs, when the step runs them). Attention's score and
     value products (~3% here) and padding are not counted: padded tokens are reported separately.
-    The train phase (`perf/train_seconds`) includes the optimizer step, also timed on its own;
+    The train phase (`perf/train_seconds`) includes the optimizer step, also timed on its own.
+    A second ceiling, the one the learner could reach if it did nothing but its matmuls: the bf16
+    products of a gradient pass at their own shapes and layouts (each linear layer's forward, input-
+    gradient and weight-gradient matmuls, the LM head's on the response rows), FLOP-weighted;
 (c) rollout: completion tokens/s of rlpost's rollout phase over standalone `vllm.LLM` built with
     the engine arguments rlpost uses (`rlpost.rollout.vllm.engine_kwargs`) replaying the very
     requests (token-id prompts, SamplingParams) rlpost sent, after one warm-up request;
 (d) end to end: completion tokens/s (completion tokens / seconds per step) over TRL's
     `GRPOTrainer` on the same model, prompts, group size, length limit, temperature, micro-batch
-    and rewards, with the CPU settings the transformers docs recommend (`use_cpu`, `bf16`).
+    and rewards, with the CPU settings the transformers docs recommend (`use_cpu`, `bf16`);
+(e) overlap (`--overlap`): seconds per step of the same workload run again with
+    `cluster.max_staleness: 1` (rollout of step k+1 while the learner trains step k) over the
+    synchronous run's, both from the wall-clock times at which steps end, the first step (warm-up,
+    pipeline fill) and the last (nothing left to generate beside it) left out: use --steps 5 or more.
 
 Every completion is forced to the length limit (EOS ignored) in all three engines, so they process
 the same tokens: vLLM `min_tokens = max_tokens` (also in rlpost's engine, whose requests this
@@ -30,6 +37,7 @@ script rewrites: the rollout config has no such knob), HF `min_new_tokens` in TR
     python benchmarks/step.py                       # 4 steps (1 warm-up), vLLM and TRL baselines
     python benchmarks/step.py --quick --skip-trl    # smoke test: 2 prompts x 2 completions x 16 tokens
     python benchmarks/step.py --steps 6 --threads 2
+    python benchmarks/step.py --steps 5 --overlap --set learner.compile=true --set rollout.vllm.enforce_eager=false
 
 TRL is a benchmark-only extra: `pip install -e .[bench]`. No wall-clock limits: read the ratios,
 each measured against a baseline in the same run (the machine may be shared). Ends with a JSON line.
@@ -69,13 +77,17 @@ def parse_args() -> argparse.Namespace:
                         help="torch threads of the learner, the matmul baseline and TRL (default: torch's)")
     parser.add_argument("--skip-trl", action="store_true", help="leave out the TRL GRPOTrainer baseline")
     parser.add_argument("--skip-vllm-baseline", action="store_true", help="leave out standalone vLLM")
+    parser.add_argument("--overlap", action="store_true",
+                        help="also run the workload with cluster.max_staleness=1 and compare seconds per step")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for rlpost's runs, e.g. learner.compile=true (repeatable)")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first step is warm-up)")
     return args
 
 
-def build_config(args: argparse.Namespace, output_dir: str):
+def build_config(args: argparse.Namespace, output_dir: str, extra: list[str] | None = None):
     from rlpost.config.loader import load_config
     from rlpost.models import resolve_model
 
@@ -95,7 +107,7 @@ def build_config(args: argparse.Namespace, output_dir: str):
         overrides.append(f"train.threads={args.threads}")
     if args.quick:
         overrides += ["train.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=16"]
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides + list(args.set) + (extra or []))
     return config.model_copy(update={"model": config.model.model_copy(update={"path": resolve_model(config.model.path)})})
 
 
@@ -204,8 +216,26 @@ class EngineRecorder:
 # ----------------------------------------------------------------------------- rlpost's run
 
 
-def run_rlpost(config: Any, learner_tokens: LearnerTokens) -> tuple[list[dict], EngineRecorder, int]:
-    """Train `train.steps` steps; (each step's metrics, the engine's recorded requests, learner threads)."""
+@dataclass
+class RlpostRun:
+    records: list[dict]
+    """Each step's metrics, in step order."""
+    recorder: EngineRecorder
+    threads: int
+    """The learner's torch threads."""
+    ended: list[float]
+    """perf_counter() when each step ended."""
+
+    def seconds_per_step(self) -> float:
+        """Wall seconds between step ends, the first step (warm-up, pipeline fill) and the last left out:
+        with max_staleness 1 the last step trains while nothing is generated (there is no next step)."""
+        if len(self.ended) < 3:
+            raise SystemExit("--overlap needs --steps 3 or more (the first and last steps are not timed)")
+        return (self.ended[-2] - self.ended[0]) / (len(self.ended) - 2)
+
+
+def run_rlpost(config: Any, learner_tokens: LearnerTokens) -> RlpostRun:
+    """Train `train.steps` steps with every completion forced to the length limit."""
     import torch
 
     from rlpost.io.metrics import read_metrics
@@ -215,8 +245,10 @@ def run_rlpost(config: Any, learner_tokens: LearnerTokens) -> tuple[list[dict], 
     class Hooks(RunHooks):
         def on_step(self, run, step, metrics):
             learner_tokens.close_step(step)
+            ended.append(time.perf_counter())
             print(f"  rlpost step {step}: {metrics['perf/step_seconds']:.1f} s", flush=True)
 
+    ended: list[float] = []
     started = time.perf_counter()
     run = TrainingRun(config, hooks=Hooks())
     threads = torch.get_num_threads()
@@ -224,7 +256,23 @@ def run_rlpost(config: Any, learner_tokens: LearnerTokens) -> tuple[list[dict], 
     print(f"rlpost ready in {time.perf_counter() - started:.0f} s (learner threads: {threads})", flush=True)
     run.fit()
     records = [r for r in read_metrics(Path(config.train.output_dir)) if "perf/step_seconds" in r]
-    return sorted(records, key=lambda r: r["step"]), recorder, threads
+    return RlpostRun(sorted(records, key=lambda r: r["step"]), recorder, threads, ended)
+
+
+def overlap_report(args: argparse.Namespace, synchronous: RlpostRun) -> dict[str, float]:
+    """Seconds per step of the same workload with `cluster.max_staleness: 1` (the local runtime generates
+    step k+1 while the learner trains step k), over the synchronous run's, both from step-end times."""
+    output_dir = tempfile.mkdtemp(prefix="rlpost-step-bench-overlap-")
+    tokens = LearnerTokens()
+    try:
+        config = build_config(args, output_dir, ["cluster.max_staleness=1"])
+        print("overlapped run (cluster.max_staleness=1):", flush=True)
+        overlapped = run_rlpost(config, tokens)
+    finally:
+        tokens.restore()
+        shutil.rmtree(output_dir, ignore_errors=True)
+    sync, over = synchronous.seconds_per_step(), overlapped.seconds_per_step()
+    return {"synchronous_seconds_per_step": sync, "overlapped_seconds_per_step": over, "ratio": over / sync}
 
 
 def phase_table(records: list[dict]) -> dict[str, float]:
@@ -286,8 +334,56 @@ def matmul_flops_per_second(m: int, k: int, n: int, threads: int, budget_seconds
     return 2 * m * k * n / statistics.median(times)
 
 
+def linear_shapes(model_path: str) -> list[tuple[int, int, int]]:
+    """(in features, out features, how many) of the model's linear layers (the LM head excluded), from its config."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    hidden, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    head_dim = getattr(cfg, "head_dim", None) or hidden // cfg.num_attention_heads
+    q = head_dim * cfg.num_attention_heads
+    kv = head_dim * getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+    per_layer = [(hidden, q), (hidden, kv), (hidden, kv), (q, hidden), (hidden, inter), (hidden, inter), (inter, hidden)]
+    return [(fan_in, fan_out, layers) for fan_in, fan_out in per_layer]
+
+
+def training_matmul_rate(m: int, m_head: int, model_path: str, shapes: dict[str, int], threads: int) -> float:
+    """FLOP/s of the bf16 products of one gradient pass of the learner, each at its own shape and layout:
+    for each linear layer [out, in] on [m, in] inputs, the forward x @ W^T, the input gradient g @ W and
+    the weight gradient g^T @ x (the slowest layout here); the LM head the same three on its m_head
+    response rows. The set's FLOPs over its time, each product counted as often as the model runs it
+    (median of 5 timings each, after 2 untimed)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    vocab = shapes["head_params"] // shapes["hidden"]
+    products = [(m, fan_in, fan_out, count) for fan_in, fan_out, count in linear_shapes(model_path)]
+    products.append((m_head, shapes["hidden"], vocab, 1))
+    flops = seconds = 0.0
+    try:
+        for rows, fan_in, fan_out, count in products:
+            x = torch.randn(rows, fan_in).to(torch.bfloat16)
+            weight = torch.randn(fan_out, fan_in).to(torch.bfloat16)
+            grad = torch.randn(rows, fan_out).to(torch.bfloat16)
+            for a, b in ((x, weight.t()), (grad, weight), (grad.t(), x)):
+                for _ in range(2):
+                    torch.matmul(a, b)
+                times = []
+                for _ in range(5):
+                    started = time.perf_counter()
+                    torch.matmul(a, b)
+                    times.append(time.perf_counter() - started)
+                flops += count * 2 * rows * fan_in * fan_out
+                seconds += count * statistics.median(times)
+    finally:
+        torch.set_num_threads(previous)
+    return flops / seconds
+
+
 def learner_report(records: list[dict], tokens: LearnerTokens, shapes: dict[str, int],
-                   ceilings: list[float]) -> dict[str, float]:
+                   ceilings: list[float], training: list[float]) -> dict[str, float]:
+    """`ceilings`: timings of the one-shape matmul baseline; `training`: of `training_matmul_rate`."""
     timed = [(r, tokens.steps[r["step"]]) for r in records[1:]]
     flops = sum(learner_flops(passes, shapes) for _, passes in timed)
     seconds = sum(r["perf/train_seconds"] for r, _ in timed)
@@ -304,12 +400,21 @@ def learner_report(records: list[dict], tokens: LearnerTokens, shapes: dict[str,
         "matmul_bf16_tflops": ceiling / 1e12,
         "matmul_bf16_tflops_runs": [c / 1e12 for c in ceilings],
         "utilisation": achieved / ceiling,
+        "training_matmul_tflops": max(training) / 1e12,
+        "utilisation_of_training_matmuls": achieved / max(training),
         "grad_tokens_per_step": sum(p.real["grad"] for _, p in timed) / len(timed),
         "response_tokens_per_step": sum(p.response["grad"] for _, p in timed) / len(timed),
         "nograd_tokens_per_step": sum(p.real["nograd"] for _, p in timed) / len(timed),
         "nograd_passes_per_step": sum(p.micro_batches["nograd"] for _, p in timed) / len(timed),
         "padding_efficiency": real / max(padded, 1),
     }
+
+
+def response_tokens_per_micro_batch(tokens: LearnerTokens) -> int:
+    """Mean response tokens of a gradient micro-batch (the rows of the LM head's products)."""
+    passes = list(tokens.steps.values())
+    count = sum(p.micro_batches["grad"] for p in passes)
+    return max(1, round(sum(p.response["grad"] for p in passes) / max(count, 1)))
 
 
 def micro_batch_tokens(tokens: LearnerTokens) -> int:
@@ -480,6 +585,9 @@ def print_report(phases: dict, learner: dict, shapes: dict, rollout: dict, end_t
     print(f"    bf16 matmul [{learner['matmul_m']}, {shapes['hidden']}] x [{shapes['hidden']}, "
           f"{shapes['intermediate']}] on {learner['threads']} threads: {learner['matmul_bf16_tflops']:.3f} TFLOP/s "
           f"-> utilisation {learner['utilisation']:.2f} (padding efficiency {learner['padding_efficiency']:.2f})")
+    print(f"    the learner's own bf16 products (each linear layer's forward, input-gradient and weight-gradient "
+          f"matmuls at [{learner['matmul_m']}, in], the LM head's at [{learner['matmul_m_head']}, {shapes['hidden']}]): "
+          f"{learner['training_matmul_tflops']:.3f} TFLOP/s -> utilisation {learner['utilisation_of_training_matmuls']:.2f}")
     print(f"    of the train phase, {learner['optimizer_seconds_per_step']:.2f} s/step is the optimizer step "
           f"(clip + AdamW); without it: utilisation {learner['utilisation_without_optimizer']:.2f}")
     line = (f"(c) rollout: rlpost {rollout['rlpost_tokens_per_second']:.1f} completion tok/s "
@@ -496,6 +604,14 @@ def print_report(phases: dict, learner: dict, shapes: dict, rollout: dict, end_t
     else:
         line += f"; TRL {end_to_end['skipped']}"
     print(line)
+
+
+def print_overlap(overlap: dict) -> None:
+    if "ratio" not in overlap:
+        print(f"(e) overlap: {overlap['skipped']}")
+        return
+    print(f"(e) overlap: {overlap['overlapped_seconds_per_step']:.2f} s/step with cluster.max_staleness=1, "
+          f"{overlap['synchronous_seconds_per_step']:.2f} synchronous -> {overlap['ratio']:.2f}")
 
 
 def end_to_end_report(records: list[dict], recorder: EngineRecorder, trl: dict | None, skipped: str) -> dict:
@@ -518,14 +634,22 @@ def main() -> int:
     shapes = model_shapes(config.model.path)
     tokens = LearnerTokens()
     try:
-        records, recorder, threads = run_rlpost(config, tokens)
+        synchronous = run_rlpost(config, tokens)
     finally:
         tokens.restore()
         shutil.rmtree(output_dir, ignore_errors=True)
+    records, recorder, threads = synchronous.records, synchronous.recorder, synchronous.threads
     m, budget = micro_batch_tokens(tokens), 0.5 if args.quick else 3.0
-    ceilings = [matmul_flops_per_second(m, shapes["hidden"], shapes["intermediate"], threads, budget)]
+    m_head = response_tokens_per_micro_batch(tokens)
+
+    def baselines() -> tuple[float, float]:
+        return (matmul_flops_per_second(m, shapes["hidden"], shapes["intermediate"], threads, budget),
+                training_matmul_rate(m, m_head, config.model.path, shapes, threads))
+
+    timings = [baselines()]
     standalone = None if args.skip_vllm_baseline else standalone_vllm(config, recorder.calls)
-    ceilings.append(matmul_flops_per_second(m, shapes["hidden"], shapes["intermediate"], threads, budget))
+    timings.append(baselines())
+    ceilings, training = [t[0] for t in timings], [t[1] for t in timings]
     skipped = "--skip-trl" if args.skip_trl else trl_missing()
     trl = None
     if skipped is None:
@@ -533,19 +657,23 @@ def main() -> int:
         trl = run_trl(config, prompts, threads)
 
     phases = phase_table(records)
-    learner = {**learner_report(records, tokens, shapes, ceilings), "matmul_m": m, "threads": threads}
+    learner = {**learner_report(records, tokens, shapes, ceilings, training), "matmul_m": m, "matmul_m_head": m_head,
+               "threads": threads}
     rollout = rollout_report(records, recorder, standalone)
     if standalone is None:
         rollout["skipped"] = "skipped: --skip-vllm-baseline"
     end_to_end = end_to_end_report(records, recorder, trl, skipped or "")
+    overlap = overlap_report(args, synchronous) if args.overlap else {"skipped": "skipped: no --overlap"}
     print_report(phases, learner, shapes, rollout, end_to_end)
+    print_overlap(overlap)
     workload = {"config": args.config, "steps": args.steps, "quick": args.quick, "threads": threads,
                 "prompts": config.train.prompts_per_step, "n": config.rollout.n,
                 "max_new_tokens": config.rollout.max_new_tokens}
     ratios = {"learner_utilisation": learner["utilisation"], "rollout_vs_vllm": rollout.get("ratio"),
-              "end_to_end_vs_trl": end_to_end.get("ratio")}
-    print(json.dumps({"workload": workload, "ratios": ratios, "phases": phases, "learner": learner,
-                      "rollout": rollout, "end_to_end": end_to_end, "shapes": shapes}))
+              "end_to_end_vs_trl": end_to_end.get("ratio"), "overlapped_vs_synchronous": overlap.get("ratio")}
+    print(json.dumps({"workload": {**workload, "overrides": args.set}, "ratios": ratios, "phases": phases,
+                      "learner": learner, "rollout": rollout, "end_to_end": end_to_end, "overlap": overlap,
+                      "shapes": shapes}))
     return 0
 
 

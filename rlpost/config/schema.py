@@ -251,6 +251,12 @@ class LearnerConfig(Section):
     Same values, gradients and metrics as the eager path. `auto`: on where the policy is on CUDA;
     off on the CPU, where the op runs the eager code plus a recomputation in its backward
     (2.2-2.6x the plain loss's time, measured at 64 x 128 tokens)."""
+    compile: bool = False
+    """`torch.compile` the policy's decoder body (inductor, dynamic shapes: micro-batch lengths vary from
+    step to step). Same values as eager up to float rounding. The first micro-batches compile (minutes on
+    a CPU; inductor's on-disk cache shortens later starts), then the body runs fused kernels: on the CPU
+    it pays off in runs of tens of steps or more (measured: docs/results/step.md). Not with ZeRO-3,
+    whose parameter-gathering hooks would break the graph at every layer."""
     updates_per_batch: int = Field(1, ge=1)
     """Optimizer steps taken on each rollout batch (mini-batches); >1 makes later steps off-policy."""
     mmap_threshold_mib: float | None = Field(None, gt=0, le=32)
@@ -394,6 +400,9 @@ class RLPostConfig(Section):
                 f"blending.name = {self.blending.name} needs learner.updates_per_batch = 1, "
                 f"not {self.learner.updates_per_batch}"
             )
+        if self.learner.compile and self.learner.zero_stage == 3:
+            raise ValueError("learner.compile needs learner.zero_stage < 3: ZeRO-3 gathers each layer's "
+                             "parameters in hooks that torch.compile cannot trace; turn one of them off")
         if self.learner.zero_stage > 0 and self.learner.backend != "deepspeed":
             raise ValueError(
                 f"learner.zero_stage = {self.learner.zero_stage} needs learner.backend = deepspeed "

@@ -75,7 +75,17 @@ def load_policy(config: RLPostConfig, model_path: str, ds_config: dict | None = 
                 task_type="CAUSAL_LM",
             ),
         )
+    if config.learner.compile:
+        compile_body(model)
     return model
+
+
+def compile_body(policy: torch.nn.Module) -> None:
+    """Replace the decoder body's `forward` with its `torch.compile`d version (the LM head and the
+    log-prob op stay eager: they run chunked, on a subset of positions). The module, its parameters and
+    its state dict are unchanged, so checkpoints and exports do not see the compilation."""
+    body = hf_model(policy).get_decoder()
+    body.forward = torch.compile(body.forward, dynamic=True)
 
 
 def load_reference(config: RLPostConfig, model_path: str, device: torch.device) -> torch.nn.Module:

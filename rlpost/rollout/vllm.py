@@ -93,9 +93,9 @@ def _checkpoint_names(model_path: str) -> set[str] | None:
     return names
 
 
-# Versions before the in-worker update staged each update in a weights file here; folders left by
-# processes killed mid-update (named after their pid) still hold RAM in shared memory, and are
-# deleted when an engine starts. Nothing writes them any more.
+# On the CPU each weight update passes through safetensors files here (`_load_through_files`); folders
+# left by processes killed mid-update (named after their pid) still hold RAM in shared memory, and are
+# deleted when an engine starts.
 SHARED_MEMORY = Path("/dev/shm")
 STAGING_PREFIX = "rlpost-vllm-weights-"
 
@@ -267,10 +267,11 @@ class VLLMEngine(RolloutEngine):
         return self.config.vllm.tensor_parallel_size
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        """Load a complete set of weights (the object-store transport, tests): the tensors go to the
-        workers in safetensors buckets of at most `RPC_BUCKET_BYTES`, serialised in memory and
-        passed in the RPC, and each worker loads them tensor by tensor (`rlpost.rollout.vllm_weights`).
-        No file is written.
+        """Load a complete set of weights (the local runtime, the object-store transport, tests): the
+        tensors go to the workers in safetensors buckets of at most `RPC_BUCKET_BYTES`, and each worker
+        loads them tensor by tensor (`rlpost.rollout.vllm_weights`). On the CPU, where the workers share
+        this host, a bucket goes through a file in shared memory (`_load_through_files`); on GPUs it is
+        serialised into the RPC itself.
 
         Needs the complete set of weights: vLLM fuses projections (q/k/v, gate/up) and a layer
         reloaded from part of its tensors would be left half-loaded (names are checked first).
@@ -281,13 +282,34 @@ class VLLMEngine(RolloutEngine):
         tensors = self._prepare_tensors(named_tensors)
         self.llm.collective_rpc("rlpost_begin_update")
         try:
-            for bucket in _buckets(tensors, RPC_BUCKET_BYTES):
-                data = save(bucket)
-                del bucket
-                self.llm.collective_rpc("rlpost_load_safetensors", args=(data,))
+            if self._on_cpu:
+                self._load_through_files(tensors)
+            else:
+                for bucket in _buckets(tensors, RPC_BUCKET_BYTES):
+                    data = save(bucket)
+                    del bucket
+                    self.llm.collective_rpc("rlpost_load_safetensors", args=(data,))
         finally:
             self.llm.collective_rpc("rlpost_finish_update")
         self._updated(version, started)
+
+    def _load_through_files(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Each bucket as a safetensors file in shared memory that the workers memory-map, deleted once
+        loaded. Measured for the 135M model (bf16, 2 buckets): 0.47 s against 1.46 s for the same bytes
+        serialised into the RPC, which crosses two processes (engine core, worker)."""
+        from safetensors.torch import save_file
+
+        root = SHARED_MEMORY if SHARED_MEMORY.is_dir() else Path(tempfile.gettempdir())
+        folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root))
+        try:
+            for index, bucket in enumerate(_buckets(tensors, RPC_BUCKET_BYTES)):
+                path = folder / f"bucket-{index}.safetensors"
+                save_file(bucket, str(path))
+                del bucket
+                self.llm.collective_rpc("rlpost_load_safetensors_file", args=(str(path),))
+                path.unlink()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _updated(self, version: int, started: float) -> None:
         # Cached prefix KV blocks were computed by the old weights.

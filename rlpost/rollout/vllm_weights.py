@@ -113,6 +113,13 @@ class WeightReloadExtension:
 
         return self.rlpost_load_tensors(load(data).items())
 
+    def rlpost_load_safetensors_file(self, path: str) -> int:
+        """Load one bucket from a safetensors file on this host (memory-mapped; inside a begin/finish session)."""
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt", device="cpu") as bucket:
+            return self.rlpost_load_tensors((name, bucket.get_tensor(name)) for name in bucket.keys())
+
     def rlpost_join_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str,
                                  timeout: float, tag: str, bind_host: str | None) -> int:
         """Join learner rank 0's weight group as rank `first_rank` + this worker's rank; returns it."""
