@@ -19,6 +19,7 @@ from rlpost.learner.batch import build_train_batch, prepare_update
 from rlpost.learner.learner import Learner
 from rlpost.objectives.registry import get_objective
 from tests.conftest import make_groups
+from tests.support.same_update import assert_same_update
 
 
 def _step(tiny_model_path: str, compile_body: bool) -> tuple[dict, dict, Learner]:
@@ -45,13 +46,7 @@ def test_a_compiled_step_matches_the_eager_step(tiny_model_path):
     body_forward = learner.module.get_decoder().forward
     assert hasattr(body_forward, "_torchdynamo_orig_callable"), "learner.compile must compile the decoder body"
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "the compiled body must have run"
-    initial = LlamaForCausalLM.from_pretrained(tiny_model_path).state_dict()
-    assert max(float((eager[name] - initial[name]).abs().max()) for name in eager) > 1e-4, "the step must move the weights"
-    for name in eager:
-        torch.testing.assert_close(weights[name] - initial[name], eager[name] - initial[name], rtol=1e-5, atol=2.5e-7)
-    assert metrics.keys() == eager_metrics.keys()
-    for key, value in eager_metrics.items():
-        torch.testing.assert_close(torch.tensor(metrics[key]), torch.tensor(value), rtol=1e-5, atol=1e-6, equal_nan=True, msg=key)
+    assert_same_update(tiny_model_path, (eager_metrics, eager), (metrics, weights))
     assert set(learner.module.state_dict()) == set(LlamaForCausalLM.from_pretrained(tiny_model_path).state_dict()), \
         "compiling must not rename the policy's weights (checkpoints, exports)"
 
