@@ -1,4 +1,4 @@
-"""`learner.compile`: the torch.compile'd decoder body gives the eager step's update, and the config
+"""`learner.compile`: the torch.compile'd decoder body gives the eager step's update (plain torch, DeepSpeed ZeRO-2),
 refuses it where it cannot work.
 
 Tolerances: fp32 throughout; inductor fuses the body's elementwise ops (RMSNorm, rotary, SiLU) into
@@ -22,11 +22,11 @@ from tests.conftest import make_groups
 from tests.support.same_update import assert_same_update
 
 
-def _step(tiny_model_path: str, compile_body: bool) -> tuple[dict, dict, Learner]:
+def _step(tiny_model_path: str, compile_body: bool, backend: dict) -> tuple[dict, dict, Learner]:
     torch.manual_seed(0)
     config = RLPostConfig.model_validate({
         "model": {"path": tiny_model_path},
-        "learner": {"backend": "torch", "mixed_precision": "no", "micro_batch_size": 3, "compile": compile_body},
+        "learner": {**backend, "mixed_precision": "no", "micro_batch_size": 3, "compile": compile_body},
         "optimizer": {"lr": 1.0, "eps": 1.0, "grad_clip": None},  # Adam's first step ~ lr * grad
         "rollout": {"max_new_tokens": 8},
     })
@@ -39,10 +39,11 @@ def _step(tiny_model_path: str, compile_body: bool) -> tuple[dict, dict, Learner
 
 
 @pytest.mark.slow
-def test_a_compiled_step_matches_the_eager_step(tiny_model_path):
+@pytest.mark.parametrize("backend", [{"backend": "torch"}, {"backend": "deepspeed", "zero_stage": 2}], ids=["torch", "zero2"])
+def test_a_compiled_step_matches_the_eager_step(tiny_model_path, backend):
     torch._dynamo.reset()
-    eager_metrics, eager, _ = _step(tiny_model_path, compile_body=False)
-    metrics, weights, learner = _step(tiny_model_path, compile_body=True)
+    eager_metrics, eager, _ = _step(tiny_model_path, compile_body=False, backend=backend)
+    metrics, weights, learner = _step(tiny_model_path, compile_body=True, backend=backend)
     body_forward = learner.module.get_decoder().forward
     assert hasattr(body_forward, "_torchdynamo_orig_callable"), "learner.compile must compile the decoder body"
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "the compiled body must have run"
