@@ -1,4 +1,4 @@
-"""`learner.compile`: the torch.compile'd decoder body gives the eager step's update (plain torch, DeepSpeed ZeRO-2),
+"""`learner.compile`: the torch.compile'd decoder body gives the eager step's update (plain torch, DeepSpeed ZeRO-2), and the config
 refuses it where it cannot work.
 
 Tolerances: fp32 throughout; inductor fuses the body's elementwise ops (RMSNorm, rotary, SiLU) into
