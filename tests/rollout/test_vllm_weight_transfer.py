@@ -3,7 +3,7 @@
 On the real SmolLM2 (tied embeddings) with the session's one fp32 vLLM-CPU engine: a broadcast of
 learner rank 0's weight group (gloo, rank 0 played by a thread of this process) is received by the
 worker itself and the engine then computes what HF computes with the same weights; complete weight
-sets go to the worker in in-memory buckets, never a file; a receive nobody sends to fails within the
+sets go to the worker in buckets, on the CPU through shared-memory files deleted once loaded; a receive nobody sends to fails within the
 group's timeout with an error naming the engine and the rollout worker, and leaves the old weights.
 The CUDA IPC plumbing runs here on CPU tensors as far as torch allows.
 """
@@ -11,8 +11,10 @@ The CUDA IPC plumbing runs here on CPU tensors as far as torch allows.
 from __future__ import annotations
 
 import itertools
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,24 +83,24 @@ def restore(vllm_engine, hf_engine, original):
 
 
 @pytest.fixture
-def no_files(monkeypatch):
-    """Any safetensors file written during the test fails it (the old update wrote one per update)."""
+def no_files():
+    """Any safetensors file written during the test fails it: broadcast and IPC payloads go to the
+    workers directly. (Torn down before `restore` when listed after it: restoring writes files.)"""
     import safetensors.torch
-
-    from rlpost.rollout import vllm as vllm_module
 
     def refuse(*args, **kwargs):
         raise AssertionError("a weight update wrote a safetensors file")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", refuse)
-    monkeypatch.setattr(vllm_module, "save_file", refuse, raising=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", refuse)
+        yield
 
 
 def _worker_receives(vllm_engine) -> int:
     return vllm_engine.llm.collective_rpc("rlpost_worker_info")[0]["receives"]
 
 
-def test_broadcast_is_received_and_loaded_inside_the_worker(vllm_engine, hf_engine, prompts, no_files, restore) -> None:
+def test_broadcast_is_received_and_loaded_inside_the_worker(vllm_engine, hf_engine, prompts, restore, no_files) -> None:
     weights = perturbed_state_dict(hf_engine.model)
     assert "lm_head.weight" in weights, "the tied head is broadcast too (received, not loaded twice)"
     baseline = vllm_engine.generate(prompts, [1, 1, 1], GREEDY)
@@ -124,16 +126,31 @@ def test_broadcast_is_received_and_loaded_inside_the_worker(vllm_engine, hf_engi
     assert max_logprob_error(hf_engine.model, changed) < 2e-4, "every layer, the tied head included, took the weights"
 
 
-def test_complete_weight_sets_are_loaded_without_a_file(vllm_engine, hf_engine, prompts, original, no_files,
-                                                        restore, monkeypatch) -> None:
+def test_complete_weight_sets_go_through_shared_memory_files_that_are_gone_after(
+    vllm_engine, hf_engine, prompts, original, restore, monkeypatch
+) -> None:
+    import safetensors.torch
+
     from rlpost.rollout import vllm as vllm_module
 
     # Small buckets: the update spans several RPCs of one reload session.
     monkeypatch.setattr(vllm_module, "RPC_BUCKET_BYTES", 64 * 2**20, raising=False)
+    written: list[Path] = []
+    save_file = safetensors.torch.save_file
+
+    def recording_save_file(tensors, filename, *args, **kwargs):
+        written.append(Path(filename))
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", recording_save_file)
     embedding_only = {**original, "model.embed_tokens.weight": original["model.embed_tokens.weight"] * 1.5}
     vllm_engine.update_weights(embedding_only.items(), version=4)
     hf_engine.update_weights(embedding_only.items(), version=4)
     assert max_logprob_error(hf_engine.model, vllm_engine.generate(prompts, [1, 1, 1], GREEDY)) < 2e-4
+    assert len(written) >= 5, "540 MB of fp32 weights in 64 MiB buckets: one file per bucket"
+    root = vllm_module.SHARED_MEMORY if vllm_module.SHARED_MEMORY.is_dir() else Path(tempfile.gettempdir())
+    assert all(path.parent.parent == root for path in written), f"staged outside {root}: {written[:2]}"
+    assert not any(path.exists() or path.parent.exists() for path in written), "every staged bucket is deleted"
 
 
 def test_a_receive_nobody_sends_to_fails_in_time_naming_the_engine(vllm_engine, prompts, original, restore,
@@ -163,7 +180,7 @@ def test_a_receive_nobody_sends_to_fails_in_time_naming_the_engine(vllm_engine, 
     assert token_ids(vllm_engine.generate(prompts, [1, 1, 1], GREEDY)) == token_ids(baseline)
 
 
-def test_ipc_payload_rebuilds_and_loads_in_the_worker(vllm_engine, hf_engine, prompts, no_files, restore) -> None:
+def test_ipc_payload_rebuilds_and_loads_in_the_worker(vllm_engine, hf_engine, prompts, restore, no_files) -> None:
     """The IPC path's payload and the worker's rebuild-and-load, on CPU tensors (shared through
     `reduce_tensor`'s CPU form; the CUDA handles themselves need a GPU), inside the session that
     `cluster.sync_transport: ipc` opens, fills bucket by bucket and closes. The engine refuses the IPC
