@@ -46,6 +46,7 @@ each measured against a baseline in the same run (the machine may be shared). En
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -53,6 +54,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,26 +314,41 @@ def learner_flops(passes: Passes, shapes: dict[str, int]) -> float:
     return total
 
 
-def matmul_flops_per_second(m: int, k: int, n: int, threads: int, budget_seconds: float) -> float:
-    """bf16 [m, k] x [k, n] on `threads` threads: 2mkn / the median time of the products timed
-    within `budget_seconds` (at least 5), after 3 untimed ones."""
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a = torch.randn(m, k).to(torch.bfloat16)
-        b = torch.randn(k, n).to(torch.bfloat16)
-        for _ in range(3):
-            torch.matmul(a, b)
-        times: list[float] = []
-        while len(times) < 5 or sum(times) < budget_seconds:
-            started = time.perf_counter()
-            torch.matmul(a, b)
-            times.append(time.perf_counter() - started)
+        yield
     finally:
         torch.set_num_threads(previous)
-    return 2 * m * k * n / statistics.median(times)
+
+
+def median_matmul_seconds(a: Any, b: Any, budget_seconds: float = 0.0) -> float:
+    """Median time of `a @ b` over at least 5 timed products (more until `budget_seconds`), after 3 untimed."""
+    import torch
+
+    for _ in range(3):
+        torch.matmul(a, b)
+    times: list[float] = []
+    while len(times) < 5 or sum(times) < budget_seconds:
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def matmul_flops_per_second(m: int, k: int, n: int, threads: int, budget_seconds: float) -> float:
+    """bf16 [m, k] x [k, n] on `threads` threads: 2mkn / the median time of the products timed
+    within `budget_seconds` (at least 5), after 3 untimed ones."""
+    import torch
+
+    with torch_threads(threads):
+        a = torch.randn(m, k).to(torch.bfloat16)
+        b = torch.randn(k, n).to(torch.bfloat16)
+        return 2 * m * k * n / median_matmul_seconds(a, b, budget_seconds)
 
 
 def linear_shapes(model_path: str) -> list[tuple[int, int, int]]:
@@ -352,32 +369,21 @@ def training_matmul_rate(m: int, m_head: int, model_path: str, shapes: dict[str,
     for each linear layer [out, in] on [m, in] inputs, the forward x @ W^T, the input gradient g @ W and
     the weight gradient g^T @ x (the slowest layout here); the LM head the same three on its m_head
     response rows. The set's FLOPs over its time, each product counted as often as the model runs it
-    (median of 5 timings each, after 2 untimed)."""
+    (median of 5 timings each, after 3 untimed)."""
     import torch
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     vocab = shapes["head_params"] // shapes["hidden"]
     products = [(m, fan_in, fan_out, count) for fan_in, fan_out, count in linear_shapes(model_path)]
     products.append((m_head, shapes["hidden"], vocab, 1))
     flops = seconds = 0.0
-    try:
+    with torch_threads(threads):
         for rows, fan_in, fan_out, count in products:
             x = torch.randn(rows, fan_in).to(torch.bfloat16)
             weight = torch.randn(fan_out, fan_in).to(torch.bfloat16)
             grad = torch.randn(rows, fan_out).to(torch.bfloat16)
             for a, b in ((x, weight.t()), (grad, weight), (grad.t(), x)):
-                for _ in range(2):
-                    torch.matmul(a, b)
-                times = []
-                for _ in range(5):
-                    started = time.perf_counter()
-                    torch.matmul(a, b)
-                    times.append(time.perf_counter() - started)
                 flops += count * 2 * rows * fan_in * fan_out
-                seconds += count * statistics.median(times)
-    finally:
-        torch.set_num_threads(previous)
+                seconds += count * median_matmul_seconds(a, b)
     return flops / seconds
 
 
@@ -410,18 +416,12 @@ def learner_report(records: list[dict], tokens: LearnerTokens, shapes: dict[str,
     }
 
 
-def response_tokens_per_micro_batch(tokens: LearnerTokens) -> int:
-    """Mean response tokens of a gradient micro-batch (the rows of the LM head's products)."""
+def per_grad_micro_batch(tokens: LearnerTokens, kind: str) -> int:
+    """Mean `kind` tokens (`padded`: the M of the matmul baselines; `response`: the LM head's rows) of a
+    gradient micro-batch."""
     passes = list(tokens.steps.values())
     count = sum(p.micro_batches["grad"] for p in passes)
-    return max(1, round(sum(p.response["grad"] for p in passes) / max(count, 1)))
-
-
-def micro_batch_tokens(tokens: LearnerTokens) -> int:
-    """Mean padded tokens of a gradient micro-batch (the M of the matmul baseline)."""
-    passes = list(tokens.steps.values())
-    count = sum(p.micro_batches["grad"] for p in passes)
-    return max(1, round(sum(p.padded["grad"] for p in passes) / max(count, 1)))
+    return max(1, round(sum(getattr(p, kind)["grad"] for p in passes) / max(count, 1)))
 
 
 # ----------------------------------------------------------------------------- (c) standalone vLLM
@@ -639,8 +639,8 @@ def main() -> int:
         tokens.restore()
         shutil.rmtree(output_dir, ignore_errors=True)
     records, recorder, threads = synchronous.records, synchronous.recorder, synchronous.threads
-    m, budget = micro_batch_tokens(tokens), 0.5 if args.quick else 3.0
-    m_head = response_tokens_per_micro_batch(tokens)
+    m, budget = per_grad_micro_batch(tokens, "padded"), 0.5 if args.quick else 3.0
+    m_head = per_grad_micro_batch(tokens, "response")
 
     def baselines() -> tuple[float, float]:
         return (matmul_flops_per_second(m, shapes["hidden"], shapes["intermediate"], threads, budget),
